@@ -1,0 +1,38 @@
+"""Chat templates: one definition per model family, identical to the official one, with assistant-only masks.
+
+    render(messages, template_name, add_generation_prompt=False, **options) -> str
+    encode(messages, tokenizer, template_name, ...) -> {"input_ids": [...], "labels": [...]}
+    get_template(name) -> Template (stop tokens, default system, bos handling, source)
+    detect(model_path_or_tokenizer) -> (name, reason)
+    apply_to_tokenizer(tokenizer, name) puts our definition on `tokenizer.chat_template`
+"""
+from .core import IGNORE_INDEX, ChatFormatError, control_token_texts, encode, find_control_text, render
+from .detect import detect
+from .registry import TEMPLATES, Template, get_template
+
+
+def apply_to_tokenizer(tokenizer, template_name: str, **options) -> None:
+    """Make `tokenizer.chat_template` our definition, with any render option (e.g. default_system) baked in,
+    so a saved model renders prompts in exactly the format it was trained on, in any inference engine."""
+    template = get_template(template_name)
+    preamble = "".join(f"{{%- set {k} = {v!r} %}}" for k, v in {**template.options, **options}.items()
+                       if k in template.options)
+    tokenizer.chat_template = preamble + template.jinja
+
+
+def stop_token_ids(tokenizer, template_name: str) -> list[int]:
+    """Ids `generate` must stop on for this template; every stop token must exist in the vocabulary."""
+    ids = []
+    for text in get_template(template_name).stop_token_strings(tokenizer.eos_token):
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            continue  # e.g. a base tokenizer without the chat's secondary stop token
+        if token_id not in ids:
+            ids.append(token_id)
+    if not ids:
+        raise ValueError(f"none of the stop tokens of template {template_name!r} is in this tokenizer's vocabulary")
+    return ids
+
+
+__all__ = ["IGNORE_INDEX", "ChatFormatError", "TEMPLATES", "Template", "apply_to_tokenizer", "control_token_texts",
+           "detect", "encode", "find_control_text", "get_template", "render", "stop_token_ids"]

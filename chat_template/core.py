@@ -1,0 +1,177 @@
+"""Render conversations and turn them into (input_ids, labels) with the loss on assistant tokens only.
+
+How the mask is made, and why it is right for every template:
+1. The conversation is rendered ONCE, whole, by the family's jinja (the official template plus `{% generation %}`
+   markers). transformers' renderer records the character span of every `{% generation %}` block, i.e. of each
+   assistant turn's content and end-of-turn token, exactly where they sit in the final text. Templates that are
+   not prefix-preserving (Qwen3 drops earlier turns' reasoning) need no special case: there is no re-rendering of
+   prefixes to disagree with.
+2. The text is tokenized ONCE, whole, with offsets, so `input_ids` are exactly what the official tokenizer gives
+   for the official rendering (no per-segment tokenization that merges differently at the seams).
+3. A token is supervised when its character range overlaps a recorded span. No token id is hard-coded anywhere.
+"""
+from __future__ import annotations
+
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from .registry import Template, get_template
+
+IGNORE_INDEX = -100  # the label that cross-entropy in transformers/torch skips
+
+
+class ChatFormatError(ValueError):
+    """A conversation that the template cannot render, or whose content would be misread as control tokens."""
+
+
+def _render_vars(template: Template, tokenizer=None, **options) -> dict:
+    variables = dict(template.options)
+    variables.update({k: v for k, v in options.items() if v is not None})
+    if tokenizer is not None:
+        variables.setdefault("bos_token", tokenizer.bos_token or "")
+        variables.setdefault("eos_token", tokenizer.eos_token or "")
+    return variables
+
+
+def render_with_spans(messages, template_name: str, add_generation_prompt: bool = False, tools=None,
+                      tokenizer=None, **options) -> tuple[str, list[tuple[int, int]]]:
+    """Render one conversation; return the text and the [start, end) character spans of each assistant turn."""
+    template = get_template(template_name)
+    if not template.supports_system and messages and messages[0].get("role") == "system":
+        raise ChatFormatError(f"template {template_name!r} has no system role (the official template refuses it); "
+                              "drop the system message or put its text into the first user turn")
+    try:
+        texts, spans = render_jinja_template(
+            conversations=[messages], tools=tools, chat_template=template.jinja,
+            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt,
+            **_render_vars(template, tokenizer, **options),
+        )
+    except Exception as err:  # jinja's raise_exception and type errors surface here
+        raise ChatFormatError(f"template {template_name!r} cannot render this conversation: {err}") from err
+    return texts[0], list(spans[0])
+
+
+def render(messages, template_name: str, add_generation_prompt: bool = False, tokenizer=None, **options) -> str:
+    """The text the model sees. bos/eos come from `tokenizer`, or from `bos_token=`/`eos_token=` options."""
+    return render_with_spans(messages, template_name, add_generation_prompt, tokenizer=tokenizer, **options)[0]
+
+
+def control_token_texts(tokenizer) -> list[str]:
+    """Special-token strings the tokenizer would turn into control tokens wherever they appear in text."""
+    texts = set(tokenizer.all_special_tokens)
+    texts.update(tok.content for tok in tokenizer.added_tokens_decoder.values() if tok.special)
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def find_control_text(messages, tokenizer) -> tuple[int, str, str] | None:
+    """First (message index, field, token text) where content contains special-token text, or None."""
+    specials = control_token_texts(tokenizer)
+    for i, message in enumerate(messages):
+        for field in ("content", "reasoning_content"):
+            value = message.get(field)
+            if isinstance(value, str):
+                for text in specials:
+                    if text in value:
+                        return i, field, text
+    return None
+
+
+def _mask_content(messages, specials):
+    """Replace each special-token occurrence in content with a same-length run of one private-use character.
+
+    Same length keeps every character offset valid, and the runs can be found again after rendering."""
+    originals, masked = [], []
+    for message in messages:
+        message = dict(message)
+        for field in ("content", "reasoning_content"):
+            value = message.get(field)
+            if not isinstance(value, str):
+                continue
+            for text in specials:
+                while text in value:
+                    placeholder = chr(0xE000 + len(originals)) * len(text)
+                    originals.append(text)
+                    value = value.replace(text, placeholder, 1)
+            message[field] = value
+        masked.append(message)
+    return masked, originals
+
+
+def _tokenize(text: str, tokenizer, literal_runs: list[tuple[int, int]]):
+    """Token ids and character offsets of `text`; the `literal_runs` are tokenized as plain text, not control tokens."""
+    pieces, cursor = [], 0
+    for start, end in literal_runs:
+        pieces += [(cursor, start, False), (start, end, True)]
+        cursor = end
+    pieces.append((cursor, len(text), False))
+    def encode_piece(piece, literal):
+        enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=literal)
+        return enc["input_ids"], enc["offset_mapping"]
+
+    newline_ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    ids, offsets = [], []
+    for start, end, literal in pieces:
+        if start == end:
+            continue
+        piece_ids, piece_offsets, shift = *encode_piece(text[start:end], literal), start
+        if start > 0:  # mid-text: encode after a "\n" and drop it, so SentencePiece adds no prefix "▁" (Phi-3,
+            with_nl = encode_piece("\n" + text[start:end], literal)  # Llama-2); as transformers' sanitize does
+            if with_nl[0][:len(newline_ids)] == newline_ids:
+                piece_ids, piece_offsets = with_nl[0][len(newline_ids):], with_nl[1][len(newline_ids):]
+                shift = start - 1
+        ids += piece_ids
+        offsets += [(max(s + shift, start), max(e + shift, start)) for s, e in piece_offsets]
+    return ids, offsets
+
+
+def encode(messages, tokenizer, template_name: str, add_generation_prompt: bool = False, max_len: int | None = None,
+           train_on: str = "all", special_text: str = "error", tools=None, **options) -> dict:
+    """Token ids and labels for one conversation.
+
+    labels[i] == input_ids[i] on assistant content and its end-of-turn token(s), IGNORE_INDEX elsewhere (the model
+    shifts labels itself, as every transformers causal LM does). `train_on="last"` supervises only the final
+    assistant turn. `special_text`: "error" refuses content that contains special-token text (it would become a
+    control token, e.g. a user typing "<|im_end|>" ends the turn early); "keep" tokenizes it as plain text.
+    """
+    if train_on not in ("all", "last"):
+        raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
+    if special_text not in ("error", "keep"):
+        raise ValueError(f"special_text must be 'error' or 'keep', got {special_text!r}")
+    specials = control_token_texts(tokenizer)
+    hit = find_control_text(messages, tokenizer)
+    originals = []
+    if hit and special_text == "error":
+        i, field, text = hit
+        raise ChatFormatError(f"message {i} ({messages[i].get('role')}) field '{field}' contains the special-token "
+                              f"text {text!r}, which would be read as a control token; clean the data or set "
+                              f"special_text='keep' to tokenize it as plain text")
+    if hit:
+        messages, originals = _mask_content(messages, specials)
+    text, spans = render_with_spans(messages, template_name, add_generation_prompt, tools=tools,
+                                    tokenizer=tokenizer, **options)
+    runs = []
+    for k, original in enumerate(originals):
+        placeholder = chr(0xE000 + k) * len(original)
+        start = text.find(placeholder)
+        if start < 0:  # the template dropped this content (e.g. Qwen3's earlier reasoning)
+            continue
+        text = text[:start] + original + text[start + len(original):]
+        runs.append((start, start + len(original)))
+    input_ids, offsets = _tokenize(text, tokenizer, sorted(runs))
+
+    if train_on == "last":
+        spans = spans[-1:]
+    labels = [IGNORE_INDEX] * len(input_ids)
+    added = {token_id: token.content for token_id, token in tokenizer.added_tokens_decoder.items()}
+    for i, (s, e) in enumerate(offsets):
+        literal = added.get(input_ids[i])
+        if literal and e - s > len(literal):  # an lstrip/rstrip added token (Phi-3's "<|assistant|>") also owns
+            at = text.find(literal, s, e)     # the whitespace beside it: judge it by its own text, or a header
+            if at >= 0:                       # would be supervised when the content starts with whitespace
+                s, e = at, at + len(literal)
+        if e == s:  # a token with no characters (rare; e.g. added-space artefacts) belongs to its successor's span
+            e = s + 1
+        if any(s < span_end and span_start < e for span_start, span_end in spans):
+            labels[i] = input_ids[i]
+    if max_len is not None:
+        input_ids, labels = input_ids[:max_len], labels[:max_len]
+    return {"input_ids": input_ids, "labels": labels}

@@ -1,0 +1,104 @@
+"""The table of chat templates: one row per family, the single source of truth for every template fact.
+
+Each template's text lives in `templates/<name>.jinja`. It is the family's official Hugging Face chat template with
+`{% generation %}` markers around what the assistant writes (its content and end-of-turn token), so the same file
+serves three uses: rendering, loss masks, and `tokenizer.chat_template` on every saved model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    families: str                     # models it serves, for people
+    source: str                       # where the official template comes from
+    stop_tokens: tuple[str, ...]      # end-of-turn strings; `generate` must stop on each ("{eos}" = tokenizer eos)
+    default_system: str | None = None  # injected when a conversation has no system message
+    supports_system: bool = True
+    bos_in_template: bool = False     # the template text itself begins with {{ bos_token }}
+    special_tokens: tuple[str, ...] = ()  # control tokens the template writes (for tokenizers that must add them)
+    options: dict = field(default_factory=dict)  # extra render variables the template reads, with their defaults
+    detect_markers: tuple[str, ...] = ()  # substrings of an official chat_template that identify the family
+    model_types: tuple[str, ...] = ()     # config.json model_type values that identify the family
+
+    @property
+    def jinja(self) -> str:
+        return _read_jinja(self.name)
+
+    def stop_token_strings(self, eos_token: str | None) -> list[str]:
+        return [eos_token if t == "{eos}" else t for t in self.stop_tokens if t != "{eos}" or eos_token]
+
+
+@cache
+def _read_jinja(name: str) -> str:
+    return (TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+
+
+_TEMPLATES = [
+    Template(
+        "qwen", "Qwen1.5, Qwen2, Qwen2.5 (chat/instruct)",
+        "Qwen2.5-Instruct tokenizer_config.json (Qwen1.5-Chat is the same ChatML without tools)",
+        stop_tokens=("<|im_end|>", "<|endoftext|>"), default_system="You are a helpful assistant.",
+        special_tokens=("<|im_start|>", "<|im_end|>"), options={"default_system": "You are a helpful assistant."},
+        detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+    ),
+    Template(
+        "qwen3", "Qwen3 (hybrid thinking)", "Qwen3 tokenizer_config.json",
+        stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
+        options={"enable_thinking": True}, detect_markers=("<|im_start|>", "<think>"),
+        model_types=("qwen3", "qwen3_moe"),
+    ),
+    Template(
+        "yi", "Yi-6B/34B-Chat", "01-ai/Yi-34B-Chat tokenizer_config.json",
+        stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
+        detect_markers=("<|im_start|>",), model_types=(),
+    ),
+    Template(
+        "gemma", "Gemma, Gemma-2 (-it)", "google/gemma-2-2b-it tokenizer_config.json",
+        stop_tokens=("<end_of_turn>", "<eos>"), supports_system=False, bos_in_template=True,
+        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>",),
+        model_types=("gemma", "gemma2"),
+    ),
+    Template(
+        "phi3", "Phi-3, Phi-3.5 mini/medium instruct", "microsoft/Phi-3.5-mini-instruct tokenizer_config.json",
+        stop_tokens=("<|end|>", "<|endoftext|>"),
+        special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
+        detect_markers=("<|assistant|>", "<|end|>"), model_types=("phi3",),
+    ),
+    Template(
+        "deepseek", "DeepSeek-LLM 7B/67B chat, DeepSeek-V2 chat",
+        "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",), bos_in_template=True,
+        detect_markers=("User: ", "Assistant:"), model_types=("deepseek_v2",),
+    ),
+    Template(
+        "deepseek3", "DeepSeek-V3, DeepSeek-R1 (and R1 distills' format)",
+        "deepseek-ai/DeepSeek-V3 tokenizer_config.json", stop_tokens=("<｜end▁of▁sentence｜>",),
+        bos_in_template=True, special_tokens=("<｜User｜>", "<｜Assistant｜>"),
+        detect_markers=("<｜User｜>",), model_types=("deepseek_v3",),
+    ),
+    Template(
+        "llama3", "Llama-3 / 3.1 instruct", "meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json",
+        stop_tokens=("<|eot_id|>", "<|end_of_text|>"), bos_in_template=True,
+        special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        detect_markers=("<|start_header_id|>",), model_types=(),
+    ),
+    Template(
+        "etude", "Etude (this project's GPT)", "defined here (ChatML-shaped)",
+        stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
+        model_types=("etude",),
+    ),
+]
+TEMPLATES: dict[str, Template] = {t.name: t for t in _TEMPLATES}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template_name {name!r}; known: {', '.join(TEMPLATES)}") from None

@@ -1,0 +1,79 @@
+"""Fine-tune a chat model: python main_train.py [CONFIG] [--field value ...]
+
+Reads top to bottom: args -> tokenizer -> data -> model -> trainer -> save. Every builder lives in utils/.
+"""
+import json
+import sys
+from pathlib import Path
+
+from utils.config import ConfigError, parse_args
+from utils.data import DataError, encode_conversations, load_conversations, show_sample, split_eval
+from utils.model import apply_peft, build_model, build_optimizer, count_parameters
+from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
+from utils.tokenizer import build_tokenizer
+from utils.trainer import build_trainer, check_output_dir, rank0, resolve_resume
+
+
+def log(message: str) -> None:
+    if rank0():
+        print(f"[dojo] {message}", flush=True)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    check_output_dir(args)
+    resume = resolve_resume(args)
+
+    tokenizer, template_name, template_reason, added_tokens = build_tokenizer(args)
+    log(f"template: {template_name} ({template_reason})")
+
+    # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
+    encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
+                  special_text=args.special_text)
+    train_set, summary = encode_conversations(load_conversations(args.train_data_path), **encode)
+    log(f"train data: {summary}")
+    if args.eval_data_path:
+        eval_set, eval_summary = encode_conversations(load_conversations(args.eval_data_path), **encode)
+        log(f"eval data: {eval_summary}")
+    else:
+        train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
+    log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
+                                                                 tokenizer))
+    if eval_set is not None and args.eval_strategy == "no":
+        args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
+    if args.dry_run:
+        log("dry run: config, tokenizer and data are valid; stopping before the model is loaded")
+        return
+
+    if rank0():
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
+
+    model = build_model(args, vocab_size=len(tokenizer) if added_tokens else None)
+    model = apply_peft(model, args)
+    trainable, total = count_parameters(model)
+    log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
+        f"parameters ({100 * trainable / total:.2f}%)")
+    snapshot = trainable_snapshot(model)
+
+    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
+    trainer.train(resume_from_checkpoint=resume)
+    if eval_set is not None:
+        trainer.evaluate()
+
+    save_outputs(trainer, tokenizer, args, template_name)
+    if trainer.is_world_process_zero():
+        plot_loss_curve(trainer.state.log_history, Path(args.output_dir) / "loss_curve.png")
+        (Path(args.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        log(verify_outputs(args, snapshot))
+        log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
+            + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
+               else args.output_dir))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

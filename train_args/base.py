@@ -1,0 +1,114 @@
+"""TrainArgs: every field a run reads, with its default and help text defined once.
+
+It subclasses `transformers.TrainingArguments`, so every Trainer field (learning_rate, num_train_epochs, ...) is a
+field here too; the defaults below are re-chosen for single-GPU fine-tuning. A ready config in this folder is a
+dataclass that subclasses TrainArgs and changes defaults only; `python main_train.py --help` lists every field.
+Field names follow LLM-Dojo's so its users feel at home.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+TRAIN_MODES = ("full", "lora", "qlora")
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainArgs(TrainingArguments):
+    # --- model -----------------------------------------------------------------------------------------------------
+    model_name_or_path: str = field(default="etude-tiny", metadata=_help(
+        "A local model folder, a hub id (needs internet), or an Etude preset name (etude-tiny, ...) to start from "
+        "random weights."))
+    template_name: str | None = field(default=None, metadata=_help(
+        "Chat template (qwen, qwen3, yi, gemma, phi3, deepseek, deepseek3, llama3, etude). "
+        "Omitted: detected from the model and printed."))
+    trust_remote_code: bool = field(default=False, metadata=_help(
+        "Run Python code shipped inside the model folder. Off: only turn it on for a model you trust."))
+    torch_dtype: str = field(default="auto", metadata=_help(
+        "Weight dtype: auto (bf16 on a bf16 GPU, else fp32), bfloat16, float16 or float32."))
+    attn_implementation: str = field(default="sdpa", metadata=_help("Attention kernel: sdpa, eager, ..."))
+    # --- data ------------------------------------------------------------------------------------------------------
+    train_data_path: list[str] = field(default_factory=lambda: ["data/etude_skills/train.jsonl"], metadata=_help(
+        "Training data: one or more JSONL/JSON/parquet files or folders (alpaca, OpenAI messages or ShareGPT)."))
+    eval_data_path: list[str] | None = field(default=None, metadata=_help(
+        "Evaluation data, same formats. Omitted: eval_ratio of the training data is held out."))
+    eval_ratio: float = field(default=0.0, metadata=_help(
+        "Fraction of the training data held out for evaluation when eval_data_path is not given."))
+    max_len: int = field(default=1024, metadata=_help(
+        "Token limit per sample; longer samples are cut at the right, and dropped if no supervised token is left."))
+    train_on: str = field(default="all", metadata=_help(
+        "Which assistant turns carry the loss: all, or last (only the final one)."))
+    special_text: str = field(default="error", metadata=_help(
+        "Content containing special-token text such as '<|im_end|>': error (refuse, naming file:line) or keep "
+        "(tokenize it as plain text)."))
+    # --- method ----------------------------------------------------------------------------------------------------
+    train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
+    use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
+    lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
+    lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
+    lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
+    lora_target_modules: list[str] | None = field(default=None, metadata=_help(
+        "Module names to adapt. Omitted: every linear layer except the output head."))
+    use_rslora: bool = field(default=False, metadata=_help("rsLoRA: scale by alpha/sqrt(r) instead of alpha/r."))
+    loraplus_lr_ratio: float | None = field(default=None, metadata=_help(
+        "LoRA+: learning rate of B = ratio x learning rate of A (the paper suggests 16)."))
+    init_lora_weights: str = field(default="default", metadata=_help(
+        "LoRA init: default (A kaiming, B zero), gaussian, pissa, pissa_niter_N, olora, ..."))
+    dry_run: bool = field(default=False, metadata=_help(
+        "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
+    # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
+    output_dir: str | None = field(default="output/run", metadata=_help("Where everything the run writes goes."))
+    overwrite_output_dir: bool = field(default=False, metadata=_help(
+        "Allow a non-empty output_dir (its files may be overwritten). Off: a non-empty output_dir is refused."))
+    per_device_train_batch_size: int = field(default=4, metadata=_help("Samples per device per micro-batch."))
+    per_device_eval_batch_size: int = field(default=4, metadata=_help("Samples per device per eval batch."))
+    gradient_accumulation_steps: int = field(default=2, metadata=_help("Micro-batches per optimizer step."))
+    learning_rate: float = field(default=2e-4, metadata=_help("Peak learning rate (LoRA-sized; use ~1e-5 for full)."))
+    num_train_epochs: float = field(default=1.0, metadata=_help("Epochs (max_steps > 0 overrides)."))
+    lr_scheduler_type: str = field(default="cosine", metadata=_help("Learning-rate schedule after warmup."))
+    warmup_steps: float = field(default=0.03, metadata=_help("Warmup: steps, or a fraction of all steps if < 1."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
+    logging_steps: float = field(default=10, metadata=_help("Log every N steps."))
+    save_steps: float = field(default=500, metadata=_help("Checkpoint every N steps."))
+    save_total_limit: int | None = field(default=3, metadata=_help("Keep at most this many checkpoints."))
+    eval_strategy: str = field(default="no", metadata=_help(
+        "no, steps or epoch; set automatically to steps (every eval_steps) when there is eval data."))
+    bf16: bool | None = field(default=None, metadata=_help(
+        "bf16 mixed precision. Omitted: on when the GPU supports bf16, else fp32.", nargs="?", const=True))
+    activation_checkpointing: bool = field(default=True, metadata=_help(
+        "Gradient (activation) checkpointing: less memory, ~20% more compute."))
+    activation_checkpointing_kwargs: dict | str | None = field(
+        default_factory=lambda: {"use_reentrant": False},
+        metadata=_help("Non-reentrant checkpointing keeps LoRA adapters trainable without input-grad hooks."))
+    report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
+        "Loggers: tensorboard, none, wandb, ..."))
+    logging_nan_inf_filter: bool = field(default=False, metadata=_help(
+        "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
+    remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
+    seed: int = field(default=42, metadata=_help("Random seed for init, data order and dropout."))
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if isinstance(self.train_data_path, str):
+            self.train_data_path = [self.train_data_path]
+        if isinstance(self.eval_data_path, str):
+            self.eval_data_path = [self.eval_data_path]
+        if self.train_mode not in TRAIN_MODES:
+            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
+        if self.use_dora and self.train_mode == "full":
+            raise ValueError("use_dora needs train_mode lora or qlora")
+        if self.train_on not in ("all", "last"):
+            raise ValueError(f"train_on must be 'all' or 'last', got {self.train_on!r}")
+        if self.special_text not in ("error", "keep"):
+            raise ValueError(f"special_text must be 'error' or 'keep', got {self.special_text!r}")
+        if not 0.0 <= self.eval_ratio < 1.0:
+            raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
+        super().__post_init__()

@@ -1,0 +1,85 @@
+"""Builders for the model side of a run: base model, 4-bit quantization, PEFT adapters, optimizer groups."""
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_dtype(args) -> torch.dtype:
+    """auto: bf16 weights when training in bf16, else fp32 (fp16 weights are for inference, not for training)."""
+    if args.torch_dtype == "auto":
+        return torch.bfloat16 if args.bf16 else torch.float32
+    try:
+        return DTYPES[args.torch_dtype]
+    except KeyError:
+        raise ValueError(f"torch_dtype must be auto or one of {list(DTYPES)}, got {args.torch_dtype!r}") from None
+
+
+def build_quant_config(dtype: torch.dtype) -> BitsAndBytesConfig:
+    """QLoRA's recipe: 4-bit NormalFloat weights, double-quantized absmax constants, matmuls in `dtype`."""
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
+def build_model(args, vocab_size: int | None = None):
+    """The base model from a local folder, a hub id, or (for Etude presets) fresh random weights.
+
+    vocab_size: grow the embeddings to this size when the tokenizer gained tokens."""
+    dtype = resolve_dtype(args)
+    import etude_model  # registers Etude with the Auto classes
+    if args.model_name_or_path in etude_model.PRESETS:
+        torch.manual_seed(args.seed)
+        model = etude_model.EtudeForCausalLM(etude_model.make_config(args.model_name_or_path)).to(dtype)
+    else:
+        kwargs = dict(dtype=dtype, attn_implementation=args.attn_implementation,
+                      trust_remote_code=args.trust_remote_code)
+        if args.train_mode == "qlora":
+            kwargs["quantization_config"] = build_quant_config(dtype)
+        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)
+    model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
+    if args.train_mode == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=bool(args.activation_checkpointing),
+            gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+    return model
+
+
+def build_peft_config(args) -> LoraConfig:
+    init = args.init_lora_weights
+    init = {"default": True, "true": True, "false": False}.get(str(init).lower(), init)
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules or "all-linear",  # peft's all-linear skips the output head
+        use_dora=args.use_dora, use_rslora=args.use_rslora, init_lora_weights=init)
+
+
+def apply_peft(model, args):
+    if args.train_mode == "full":
+        return model
+    return get_peft_model(model, build_peft_config(args))
+
+
+def build_optimizer(model, args):
+    """LoRA+ parameter groups (B at ratio x the learning rate of A) through peft; None lets the Trainer build AdamW."""
+    if not args.loraplus_lr_ratio:
+        return None
+    if args.train_mode == "full":
+        raise ValueError("loraplus_lr_ratio needs train_mode lora or qlora")
+    from peft.optimizers import create_loraplus_optimizer
+    from transformers import Trainer
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
+                                     loraplus_lr_ratio=args.loraplus_lr_ratio,
+                                     **{k: v for k, v in optimizer_kwargs.items() if k != "lr"},
+                                     weight_decay=args.weight_decay)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,98 @@
+"""Write the result of a run so plain transformers/peft load it and `generate` stops at the end of a turn."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import GenerationConfig
+
+import chat_template
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+def build_generation_config(model, tokenizer, template_name: str) -> GenerationConfig:
+    """The model's generation config with every stop token of the template as eos (Qwen: <|im_end|> and
+    <|endoftext|>), so `generate` ends at the end of the assistant's turn."""
+    base = getattr(model, "generation_config", None)
+    config = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
+    config.eos_token_id = chat_template.stop_token_ids(tokenizer, template_name)
+    config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    return config
+
+
+def trainable_snapshot(model) -> dict[str, torch.Tensor]:
+    """Copies of the trainable tensors (adapters are small; for full fine-tuning, a few tensors stand for all)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not any(".lora_" in n for n, _ in named):
+        named = named[:1] + named[-1:]
+    return {n: p.detach().float().cpu().clone() for n, p in named}
+
+
+def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
+    """Weights through the Trainer (it gathers them under DDP/FSDP/ZeRO-3 and writes on rank 0 only), then the
+    files that make the folder self-describing: tokenizer with our chat template, generation config, run record."""
+    trainer.save_model(args.output_dir)
+    if not trainer.is_world_process_zero():
+        return
+    out = Path(args.output_dir)
+    tokenizer.save_pretrained(out)
+    build_generation_config(trainer.model, tokenizer, template_name).save_pretrained(out)
+    with open(out / "dojo_run.json", "w", encoding="utf-8") as f:
+        json.dump({"template_name": template_name, "train_mode": args.train_mode,
+                   "base_model": args.model_name_or_path, "stage": "sft"}, f, indent=2)
+
+
+def _peft_key(name: str) -> str:
+    """Parameter name in a live PeftModel -> key in the saved adapter file."""
+    return name.replace(".default.", ".").replace(".default", "")
+
+
+def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
+    """Reload what was written and check it is non-empty, finite, and moved away from its initial values."""
+    out = Path(args.output_dir)
+    if args.train_mode == "full":
+        from transformers import AutoModelForCausalLM
+        reloaded = dict(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).named_parameters())
+        keys = {n: n for n in snapshot}
+    else:
+        reloaded = load_file(out / ADAPTER_FILE)
+        keys = {n: _peft_key(n.removeprefix("module.")) for n in snapshot}
+        missing = [k for k in keys.values() if k not in reloaded]
+        if missing:
+            raise RuntimeError(f"saved adapter lacks {len(missing)} trained tensors, e.g. {missing[0]}")
+    if not reloaded:
+        raise RuntimeError(f"{out}: the saved weights are empty")
+    changed = 0
+    for name, before in snapshot.items():
+        after = reloaded[keys[name]].detach().float().cpu()
+        if not torch.isfinite(after).all():
+            raise RuntimeError(f"saved tensor {keys[name]} holds NaN/inf")
+        changed += not torch.equal(after, before)
+    if changed == 0:
+        raise RuntimeError("no trained tensor changed during training (learning rate 0? no supervised tokens?)")
+    return f"verified {out}: {changed} of {len(snapshot)} trained tensors changed, all finite"
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "train"), (evals, "eval")):
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (supervised tokens)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""The Trainer side of a run: batches, guards against silent failures, checkpoints that survive a crash.
+
+We use the HF `Trainer` (not trl's SFTTrainer): our data is already input_ids + labels from chat_template/, so
+SFTTrainer's own formatting/masking would be a second, competing source of truth. The Trainer brings what must
+be exactly right and is hard to write: gradient accumulation normalised by supervised tokens over the whole
+window (`num_items_in_batch`), exact resume (optimizer, scheduler, RNG, data position), DDP/DeepSpeed/FSDP.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from chat_template import IGNORE_INDEX
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
+
+
+class DataCollator:
+    """Pad a list of {input_ids, labels} to the longest sample; padding is never supervised."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features):
+        length = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            length = math.ceil(length / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {"input_ids": [], "labels": [], "attention_mask": []}
+        for f in features:
+            pad = length - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(list(f["labels"]) + [IGNORE_INDEX] * pad)
+            batch["attention_mask"].append([1] * len(f["input_ids"]) + [0] * pad)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """A NaN/inf loss means the weights are already ruined: stop loudly instead of logging an average."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "eval_loss"):
+            if logs and key in logs and not math.isfinite(logs[key]):
+                raise NonFiniteLossError(
+                    f"{key} is {logs[key]} at step {state.global_step}. Lower learning_rate, check the data, or use "
+                    f"bf16 instead of fp16; the last good checkpoint in {args.output_dir} is kept.")
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return (path / COMPLETE_MARK).is_file()
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """Newest checkpoint that was written to the end; a checkpoint cut short by a crash is skipped."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and is_complete_checkpoint(p):
+            found.append((int(m.group(1)), p))
+    return str(max(found)[1]) if found else None
+
+
+def resolve_resume(args) -> str | None:
+    """`--resume_from_checkpoint true` means the newest complete checkpoint in output_dir."""
+    value = args.resume_from_checkpoint
+    if value in (None, "", "false", "False", False):
+        return None
+    if str(value).lower() == "true":
+        path = last_checkpoint(args.output_dir)
+        if path is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint true: no complete checkpoint in {args.output_dir}")
+        return path
+    if not Path(value).is_dir():
+        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder")
+    if not is_complete_checkpoint(Path(value)):
+        raise ValueError(f"--resume_from_checkpoint {value}: incomplete checkpoint (no {COMPLETE_MARK}); a crash "
+                         "cut its save short. Resume from an earlier one, or use true for the newest complete one.")
+    return value
+
+
+def check_output_dir(args) -> None:
+    """Refuse to write into a non-empty output_dir unless told to: a run must never clobber earlier results."""
+    out = Path(args.output_dir)
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
+        raise FileExistsError(f"output_dir {out} is not empty. Choose another output_dir, resume with "
+                              "--resume_from_checkpoint true, or pass --overwrite_output_dir to reuse it.")
+
+
+def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer=None, callbacks=()):
+    return Trainer(
+        model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=DataCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        optimizers=(optimizer, None), callbacks=[StopOnNonFiniteLoss(), *callbacks],
+    )
+
+
+def rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
