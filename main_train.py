@@ -19,7 +19,8 @@ def log(message: str) -> None:
         print(f"[dojo] {message}", flush=True)
 
 
-def main(argv=None) -> None:
+def main(argv=None):
+    """Run one training job; returns the Trainer (tests inspect its model and log)."""
     args = parse_args(argv)
     check_output_dir(args)
     resume = resolve_resume(args)
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
         args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
     if args.dry_run:
         log("dry run: config, tokenizer and data are valid; stopping before the model is loaded")
-        return
+        return None
 
     if rank0():
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
@@ -58,7 +59,8 @@ def main(argv=None) -> None:
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
     trainer.train(resume_from_checkpoint=resume)
-    if eval_set is not None:
+    if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
+                                        for h in trainer.state.log_history):
         trainer.evaluate()
 
     save_outputs(trainer, tokenizer, args, template_name)
@@ -69,6 +71,7 @@ def main(argv=None) -> None:
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
             + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
                else args.output_dir))
+    return trainer
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ def apply_to_tokenizer(tokenizer, template_name: str, **options) -> None:
     """Make `tokenizer.chat_template` our definition, with any render option (e.g. default_system) baked in,
     so a saved model renders prompts in exactly the format it was trained on, in any inference engine."""
     template = get_template(template_name)
-    preamble = "".join(f"{{%- set {k} = {v!r} %}}" for k, v in {**template.options, **options}.items()
-                       if k in template.options)
+    # a default, not a constant: a call-time value (e.g. enable_thinking=False at inference) must still win
+    preamble = "".join(f"{{%- if {k} is not defined %}}{{%- set {k} = {v!r} %}}{{%- endif %}}"
+                       for k, v in {**template.options, **options}.items() if k in template.options)
     tokenizer.chat_template = preamble + template.jinja
 
 

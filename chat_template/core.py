@@ -8,7 +8,9 @@ How the mask is made, and why it is right for every template:
    prefixes to disagree with.
 2. The text is tokenized ONCE, whole, with offsets, so `input_ids` are exactly what the official tokenizer gives
    for the official rendering (no per-segment tokenization that merges differently at the seams).
-3. A token is supervised when its character range overlaps a recorded span. No token id is hard-coded anywhere.
+3. A token is supervised when its character range overlaps a recorded span; an added token that swallows the
+   whitespace beside it (lstrip/rstrip, e.g. Phi-3's "<|assistant|>") is judged by its own text only. No token id
+   is hard-coded anywhere.
 """
 from __future__ import annotations
 
@@ -97,13 +99,19 @@ def _mask_content(messages, specials):
 
 
 def _tokenize(text: str, tokenizer, literal_runs: list[tuple[int, int]]):
-    """Token ids and character offsets of `text`; the `literal_runs` are tokenized as plain text, not control tokens."""
+    """Token ids and character offsets of `text`; the `literal_runs` are tokenized as plain text, not control tokens.
+
+    Without literal runs this is one plain tokenization of the whole text. With them, the text is tokenized piece by
+    piece, the way transformers' `apply_chat_template(..., sanitize_control_tokens=True)` does it: a piece that
+    starts mid-text is tokenized after a "\n" that is then dropped, or SentencePiece tokenizers (Phi-3, Llama-2)
+    would put a prefix "▁" at the start of every piece."""
     pieces, cursor = [], 0
     for start, end in literal_runs:
         pieces += [(cursor, start, False), (start, end, True)]
         cursor = end
     pieces.append((cursor, len(text), False))
-    def encode_piece(piece, literal):
+
+    def tokenize(piece, literal):
         enc = tokenizer(piece, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=literal)
         return enc["input_ids"], enc["offset_mapping"]
 
@@ -112,12 +120,14 @@ def _tokenize(text: str, tokenizer, literal_runs: list[tuple[int, int]]):
     for start, end, literal in pieces:
         if start == end:
             continue
-        piece_ids, piece_offsets, shift = *encode_piece(text[start:end], literal), start
-        if start > 0:  # mid-text: encode after a "\n" and drop it, so SentencePiece adds no prefix "▁" (Phi-3,
-            with_nl = encode_piece("\n" + text[start:end], literal)  # Llama-2); as transformers' sanitize does
-            if with_nl[0][:len(newline_ids)] == newline_ids:
-                piece_ids, piece_offsets = with_nl[0][len(newline_ids):], with_nl[1][len(newline_ids):]
-                shift = start - 1
+        prefix = "\n" if start > 0 else ""
+        piece_ids, piece_offsets = tokenize(prefix + text[start:end], literal)
+        if prefix and piece_ids[:len(newline_ids)] == newline_ids:
+            piece_ids, piece_offsets = piece_ids[len(newline_ids):], piece_offsets[len(newline_ids):]
+        elif prefix:  # the newline merged into the piece's first token: tokenize the piece alone
+            prefix = ""
+            piece_ids, piece_offsets = tokenize(text[start:end], literal)
+        shift = start - len(prefix)
         ids += piece_ids
         offsets += [(max(s + shift, start), max(e + shift, start)) for s, e in piece_offsets]
     return ids, offsets

@@ -94,7 +94,7 @@ def build_token_cache(paths, tokenizer, cache_dir, text_split: str = "paragraph"
             while batch := [d for _, d in zip(range(batch_docs), docs)]:
                 # split_special_tokens: a literal "<|endoftext|>" in raw text is just text, not EOS
                 ids = tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                flat = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=dtype)
+                flat = np.concatenate([np.array(doc + [eos], dtype=dtype) for doc in ids])
                 out.write(flat.tobytes())
                 n_docs, n_tokens = n_docs + len(batch), n_tokens + len(flat)
         os.replace(tmp, bin_path)

@@ -108,7 +108,7 @@ class EtudeRMSNorm(nn.Module):
     def forward(self, x):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return (x32 * self.weight.float()).to(x.dtype)  # same dtype out as in (bf16 stays bf16)
 
 
 def make_norm(config: EtudeConfig, dim: int | None = None) -> nn.Module:
@@ -143,7 +143,7 @@ def rotate_half(x):
 
 
 def apply_rotary(q, k, cos, sin):  # q, k: (B, H, T, hd); cos, sin: (B, T, hd)
-    cos, sin = cos[:, None], sin[:, None]
+    cos, sin = cos[:, None].to(q.dtype), sin[:, None].to(q.dtype)
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
 
 

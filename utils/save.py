@@ -26,9 +26,13 @@ def build_generation_config(model, tokenizer, template_name: str) -> GenerationC
 
 
 def trainable_snapshot(model) -> dict[str, torch.Tensor]:
-    """Copies of the trainable tensors (adapters are small; for full fine-tuning, a few tensors stand for all)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not any(".lora_" in n for n, _ in named):
+    """Copies of the trained tensors under the names they are saved with: the whole adapter (it is small), or for
+    full fine-tuning the first and last trainable tensors, standing for all."""
+    from peft import PeftModel, get_peft_model_state_dict
+    if isinstance(model, PeftModel):
+        named = list(get_peft_model_state_dict(model).items())
+    else:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         named = named[:1] + named[-1:]
     return {n: p.detach().float().cpu().clone() for n, p in named}
 
@@ -47,11 +51,6 @@ def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
                    "base_model": args.model_name_or_path, "stage": "sft"}, f, indent=2)
 
 
-def _peft_key(name: str) -> str:
-    """Parameter name in a live PeftModel -> key in the saved adapter file."""
-    return name.replace(".default.", ".").replace(".default", "")
-
-
 def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
     """Reload what was written and check it is non-empty, finite, and moved away from its initial values."""
     out = Path(args.output_dir)
@@ -61,7 +60,7 @@ def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
         keys = {n: n for n in snapshot}
     else:
         reloaded = load_file(out / ADAPTER_FILE)
-        keys = {n: _peft_key(n.removeprefix("module.")) for n in snapshot}
+        keys = {n: n for n in snapshot}
         missing = [k for k in keys.values() if k not in reloaded]
         if missing:
             raise RuntimeError(f"saved adapter lacks {len(missing)} trained tensors, e.g. {missing[0]}")

@@ -57,23 +57,54 @@ def dynamic_code_book() -> torch.Tensor:
     return torch.tensor(sorted(data), dtype=torch.float32)
 
 
+def _absmax_scale(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split into blocks, return (values / block absmax clamped to [-1, 1], absmax per block).
+
+    Written the way bitsandbytes' reference kernel computes it, so results agree bit for bit:
+    full blocks multiply by 1/absmax, the short last block (if any) divides by its absmax.
+    """
+    n = flat.numel()
+    full = n - n % blocksize
+    head = flat[:full].view(-1, blocksize)
+    absmax = head.abs().amax(dim=1)
+    scaled = torch.clamp(head * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1), -1, 1).reshape(-1)
+    if full < n:
+        tail_max = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_max.view(1)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_max, -1, 1)])
+    return scaled, absmax
+
+
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Absmax-scale each block of `blocksize` values to [-1, 1] and store the index of the nearest level.
 
     Returns (indices as uint8, absmax per block as float32). The last block may be shorter.
-    "Nearest" is decided against the midpoints between sorted levels, with ties going to the lower level.
+    "Nearest" is decided against the midpoints between sorted levels, ties going to the lower level.
+    This is how bitsandbytes quantises to NF4.
+    """
+    scaled, absmax = _absmax_scale(x.reshape(-1).float(), blocksize)
+    midpoints = (code[:-1] + code[1:]) / 2
+    return torch.bucketize(scaled, midpoints).to(torch.uint8).view(x.shape), absmax
+
+
+def quantize_blockwise_lut(x: torch.Tensor, code: torch.Tensor, blocksize: int, bins: int = 65536):
+    """The same, the way bitsandbytes' *CPU* 8-bit kernel does it (used for the double quantisation).
+
+    Instead of searching the nearest level for every value, that kernel precomputes a table: [-1, 1]
+    is cut into 65536 grid points, each mapped once to its nearest level; a value is rounded to the
+    closest grid point and looked up. Values within half a grid step (1.5e-5) of a midpoint between
+    two levels can therefore land on the farther level. We reproduce it to match the codes exactly.
     """
     flat = x.reshape(-1).float()
     n = flat.numel()
-    pad = (-n) % blocksize
-    blocks = torch.nn.functional.pad(flat, (0, pad)).view(-1, blocksize)
-    absmax = blocks.abs().amax(dim=1)
-    if pad:  # the padded zeros of a short last block must not count; they do not change the max anyway
-        absmax[-1] = flat[n - (blocksize - pad) :].abs().max()
-    scaled = torch.clamp(blocks / absmax.clamp(min=1e-38).unsqueeze(1), -1, 1).reshape(-1)[:n]
-    midpoints = (code[:-1] + code[1:]) / 2
-    indices = torch.bucketize(scaled, midpoints).to(torch.uint8)
-    return indices.view(x.shape), absmax
+    blocks = torch.nn.functional.pad(flat, (0, (-n) % blocksize)).view(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)  # the zero padding never changes a max of absolute values
+    scaled = (blocks * (1.0 / absmax).unsqueeze(1)).reshape(-1)[:n]
+    grid = -1.0 + (2.0 * torch.arange(bins, dtype=torch.float32)) / (bins - 1)
+    midpoints = 0.5 * (code[:-1] + code[1:])
+    table = torch.searchsorted(midpoints, grid).to(torch.uint8)  # nearest level of every grid point
+    grid_index = ((torch.clamp(scaled, -1, 1) + 1.0) * 0.5 * (bins - 1) + 0.5).to(torch.int64)  # round
+    return table[grid_index].view(x.shape), absmax
 
 
 def dequantize_blockwise(indices: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int):
@@ -84,11 +115,14 @@ def dequantize_blockwise(indices: torch.Tensor, absmax: torch.Tensor, code: torc
     return (values * scale).view(indices.shape)
 
 
-def pack_4bit(indices: torch.Tensor) -> torch.Tensor:
-    """Two 4-bit indices per byte, first one in the high nibble; shape (ceil(n/2), 1) like bitsandbytes."""
+def pack_4bit(indices: torch.Tensor, pad_index: int = 7) -> torch.Tensor:
+    """Two 4-bit indices per byte, first one in the high nibble; shape (ceil(n/2), 1) like bitsandbytes.
+
+    An odd count leaves half a byte; bitsandbytes fills it with the code of 0.0, which is NF4 index 7.
+    """
     flat = indices.reshape(-1).to(torch.uint8)
     if flat.numel() % 2:
-        flat = torch.cat([flat, flat.new_zeros(1)])
+        flat = torch.cat([flat, flat.new_full((1,), pad_index)])
     return ((flat[0::2] << 4) | flat[1::2]).unsqueeze(1)
 
 
@@ -118,7 +152,8 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
         q.absmax = absmax
         return q
     q.absmax_offset = absmax.mean()  # absmax > 0: centre it so the signed 8-bit code book is used fully
-    q.absmax_indices, q.absmax_absmax = quantize_blockwise(absmax - q.absmax_offset, dynamic_code_book(), blocksize2)
+    centred = absmax - q.absmax_offset
+    q.absmax_indices, q.absmax_absmax = quantize_blockwise_lut(centred, dynamic_code_book(), blocksize2)
     return q
 
 

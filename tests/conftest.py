@@ -1,0 +1,98 @@
+"""Shared fixtures: the ../shared assets, tiny random models of each family paired with its real tokenizer."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "assets"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def shared_path(*parts) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: these tests need the ../shared assets beside the checkout")
+    return path
+
+
+# family -> (tokenizer folder under ../shared/assets/tokenizers, template, transformers config builder)
+FAMILIES = {
+    "qwen": ("qwen2.5", "qwen", "Qwen2Config"),
+    "yi": ("yi", "yi", "LlamaConfig"),
+    "gemma": ("gemma", "gemma", "GemmaConfig"),
+    "phi3": ("phi-3", "phi3", "Phi3Config"),
+    "deepseek": ("deepseek-v3", "deepseek", "LlamaConfig"),
+}
+
+
+def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+    """A 1-layer, 16-wide random model of the family's architecture, saved with the family's real tokenizer."""
+    import torch
+    import transformers
+
+    from utils.tokenizer import load_tokenizer
+
+    tok_dir, _, config_name = FAMILIES[family]
+    src = shared_path("tokenizers", tok_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        shutil.copy(f, folder / f.name)
+    tokenizer = load_tokenizer(str(folder))
+    vocab = (len(tokenizer) + 63) // 64 * 64
+    config = getattr(transformers, config_name)(
+        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    model = getattr(transformers, config_name.replace("Config", "ForCausalLM"))(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    cache = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(f"tiny_{family}"))
+        return cache[family]
+    return get
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+TOY_RECORDS = [
+    {"instruction": "Say hello.", "output": "Hello!"},
+    {"instruction": "What is 2+2?", "output": "4"},
+    {"instruction": "Name a color.", "input": "Not red.", "output": "Blue."},
+    {"instruction": "Translate to French: cat", "output": "chat"},
+    {"instruction": "用中文问好", "output": "你好！"},
+    {"instruction": "Count to three.", "output": "1, 2, 3"},
+    {"instruction": "Opposite of up?", "output": "Down."},
+    {"instruction": "Capital of France?", "output": "Paris."},
+]
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "toy.jsonl", TOY_RECORDS)
+
+
+def train_argv(model_dir, data, out, *extra) -> list[str]:
+    """Command line for a fast CPU run; extra flags override."""
+    return ["--model_name_or_path", str(model_dir), "--train_data_path", str(data), "--output_dir", str(out),
+            "--max_steps", "4", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+            "--learning_rate", "0.01", "--warmup_steps", "0", "--lr_scheduler_type", "constant",
+            "--logging_steps", "1", "--save_steps", "1000", "--max_len", "64", "--report_to", "none",
+            "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--lora_dropout", "0", *extra]

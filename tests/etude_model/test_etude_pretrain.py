@@ -1,0 +1,130 @@
+"""Pretraining: the token cache, packed windows, and the training loop (loss falls, resume is exact)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from etude_model import load_etude_tokenizer, make_config
+from etude_model.data import PackedWindows, build_token_cache, iter_documents, list_data_files, split_train_val
+from etude_model.pretrain import build_parser, flops_per_token, get_lr, main
+
+TINY = ["hidden_size=64", "num_hidden_layers=2", "num_attention_heads=4", "num_key_value_heads=2", "dropout=0.1"]
+
+
+def pretrain_args(data, tokenizer_dir, out, cache, max_steps, *extra):
+    args = ["--preset", "etude-tiny", "--data", str(data), "--tokenizer", str(tokenizer_dir),
+            "--output_dir", str(out), "--cache_dir", str(cache), "--max_steps", str(max_steps),
+            "--block_size", "32", "--batch_size", "4", "--grad_accum_steps", "2", "--lr", "3e-3",
+            "--warmup_steps", "2", "--eval_every", "4", "--eval_iters", "2", "--log_every", "1",
+            "--save_every", "4", "--seed", "0", "--no_progress"]
+    for item in TINY:  # dropout > 0 so that resuming must also restore the RNG state
+        args += ["--config_override", item]
+    return args + list(extra)
+
+
+def read_log(out):
+    return [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
+
+
+def test_documents_and_token_cache(tmp_path, small_tokenizer_dir):
+    (tmp_path / "a.txt").write_text("first para\nstill first\n\n\nsecond para\r\n\r\nthird\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n\n{"text": "another"}\n', encoding="utf-8")
+    files = list_data_files([tmp_path])
+    assert [f.name for f in files] == ["a.txt", "b.jsonl"]
+    assert list(iter_documents(files)) == ["first para\nstill first", "second para", "third", "json doc", "another"]
+    assert list(iter_documents(files[:1], "line")) == ["first para", "still first", "second para", "third"]
+
+    tok = load_etude_tokenizer(small_tokenizer_dir)
+    tokens, meta = build_token_cache([tmp_path], tok, tmp_path / "cache")
+    assert meta["num_documents"] == 5 and tokens.dtype == np.uint16
+    assert int((tokens == tok.eos_token_id).sum()) == 5 and tokens[-1] == tok.eos_token_id  # EOS after each doc
+    expected = sum((tok(d, add_special_tokens=False)["input_ids"] + [0] for d in iter_documents(files)), [])
+    assert tokens.tolist() == expected
+    again, _ = build_token_cache([tmp_path], tok, tmp_path / "cache")  # the rerun memory-maps the same file
+    assert again.filename == tokens.filename and len(list((tmp_path / "cache").glob("*.bin"))) == 1
+
+
+def test_packed_windows_order_and_state():
+    tokens = np.arange(101, dtype=np.uint16)
+    loader = PackedWindows(tokens, block_size=10, batch_size=3, seed=1)
+    x, y = loader.next_batch()
+    assert x.shape == (3, 10) and torch.equal(x[:, 1:], y[:, :-1]) and (x[:, 0] % 10 == 0).all()
+    state = loader.state_dict()
+    rest = [loader.next_batch()[0] for _ in range(5)]  # crosses an epoch boundary (10 windows)
+    resumed = PackedWindows(tokens, block_size=10, batch_size=3, seed=1)
+    resumed.load_state_dict(state)
+    assert all(torch.equal(a, resumed.next_batch()[0]) for a in rest)
+    train, val = split_train_val(tokens, 0.1, 10)
+    assert len(train) == 90 and len(val) == 11
+    with pytest.raises(ValueError, match="too small"):
+        split_train_val(tokens, 0.5, 60)
+
+
+def test_schedule_and_flops():
+    args = build_parser().parse_args(["--data", "x", "--output_dir", "y", "--lr", "1e-3", "--warmup_steps", "10"])
+    args.min_lr, args.lr_decay_steps = 1e-4, 110
+    assert get_lr(0, args) == pytest.approx(1e-4) and get_lr(9, args) == pytest.approx(1e-3)
+    assert get_lr(60, args) == pytest.approx(5.5e-4) and get_lr(110, args) == get_lr(500, args) == 1e-4
+    config = make_config("etude-124m")
+    assert 6 * 110e6 < flops_per_token(config, 1024) < 6 * 130e6 + 12 * 12 * 768 * 1024
+
+
+def test_help_documents_every_flag(capsys):
+    parser = build_parser()
+    undocumented = [a.dest for a in parser._actions if not a.help]
+    assert not undocumented
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ["--preset", "--data", "--output_dir", "--max_steps", "--resume", "--compile", "--peak_tflops",
+                 "--grad_accum_steps", "--overwrite_output_dir", "--tokenizer"]:
+        assert flag in text
+
+
+def test_pretrain_lowers_loss_and_resumes_exactly(tmp_path, corpus_file, small_tokenizer_dir):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    cache = tmp_path / "cache"
+    full, split = tmp_path / "full", tmp_path / "split"
+    main(pretrain_args(corpus_file, small_tokenizer_dir, full, cache, 12))
+    main(pretrain_args(corpus_file, small_tokenizer_dir, split, cache, 6, "--lr_decay_steps", "12"))
+    main(pretrain_args(corpus_file, small_tokenizer_dir, split, cache, 12, "--resume"))
+
+    log_full, log_split = read_log(full), read_log(split)
+    train_full = {r["step"]: r["train_loss"] for r in log_full if "train_loss" in r}
+    train_split = {r["step"]: r["train_loss"] for r in log_split if "train_loss" in r}
+    assert sorted(train_full) == sorted(train_split) == list(range(1, 13))
+    for step in range(1, 13):  # 6 + 6 steps == 12 steps
+        assert abs(train_full[step] - train_split[step]) < 1e-5, step
+    val_full = [r["val_loss"] for r in log_full if "val_loss" in r]
+    assert len(val_full) == 3 and val_full[-1] < val_full[0] - 0.3  # it learns
+    assert train_full[12] < train_full[1] - 1.0
+
+    weights_full, weights_split = load_file(full / "model.safetensors"), load_file(split / "model.safetensors")
+    assert weights_full.keys() == weights_split.keys()
+    for name in weights_full:
+        torch.testing.assert_close(weights_full[name], weights_split[name], rtol=0, atol=1e-5)
+
+    # Outputs: a loadable HF checkpoint marked as pretrain, checkpoints, curve, one shared token cache.
+    model = AutoModelForCausalLM.from_pretrained(full)
+    assert model.config.training_stage == "pretrain" and model.config.vocab_size == 448
+    assert sorted(p.name for p in full.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+    state = torch.load(full / "checkpoint-12" / "training_state.pt", weights_only=True)
+    assert state["step"] == 12 and state["optimizer"]["state"]
+    assert (full / "loss_curve.png").stat().st_size > 0 and (full / "tokenizer.json").exists()
+    assert len(list(cache.glob("*.bin"))) == 1
+
+
+def test_refuses_non_empty_output_dir(tmp_path, corpus_file, small_tokenizer_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not empty"):
+        main(pretrain_args(corpus_file, small_tokenizer_dir, out, tmp_path / "cache", 1))
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(pretrain_args(corpus_file, small_tokenizer_dir, out, tmp_path / "cache", 1, "--resume"))
+    assert (out / "precious.txt").read_text() == "keep me"

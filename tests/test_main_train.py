@@ -1,0 +1,103 @@
+"""End-to-end runs of main_train.py on tiny random models of every family, with each family's real tokenizer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
+
+import main_train
+from tests.conftest import FAMILIES, train_argv
+from utils.save import ADAPTER_FILE
+
+METHODS = {"full": ["--train_mode", "full"], "lora": ["--train_mode", "lora"],
+           "dora": ["--train_mode", "lora", "--use_dora", "true"], "qlora": ["--train_mode", "qlora"]}
+
+
+def reload(out, model_dir, method):
+    if method == "full":
+        return AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    quant = None
+    if method == "qlora":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                   bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, quantization_config=quant)
+    return PeftModel.from_pretrained(base, out)
+
+
+@torch.no_grad()
+def dataset_loss(model, dataset) -> float:
+    """Mean loss per supervised token over the dataset."""
+    model.eval()
+    total, count = 0.0, 0
+    for row in dataset:
+        ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+        n = int((labels[0, 1:] != -100).sum())
+        total += model(input_ids=ids, labels=labels).loss.item() * n
+        count += n
+    model.train()
+    return total / count
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_method_trains_saves_and_reloads(family, method, tiny_model, toy_data, tmp_path):
+    model_dir = tiny_model(family)
+    out = tmp_path / "out"
+    trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", FAMILIES[family][1],
+                                         "--max_steps", "6", *METHODS[method]))
+    assert len([h for h in trainer.state.log_history if "loss" in h]) == 6
+    # loss on the whole training set falls (per-batch logged losses are too noisy at this size)
+    if method == "full":
+        initial = dataset_loss(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32),
+                               trainer.train_dataset)
+    else:  # the base with the adapter switched off is the starting point (B starts at zero)
+        with trainer.model.disable_adapter():
+            initial = dataset_loss(trainer.model, trainer.train_dataset)
+    assert dataset_loss(trainer.model, trainer.train_dataset) < initial - 1e-3
+
+    # the output reloads with plain transformers/peft and computes the same logits as the trained model
+    model = trainer.model.eval()
+    ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        after = reload(out, model_dir, method).eval()(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+    assert (out / ("model.safetensors" if method == "full" else ADAPTER_FILE)).is_file()
+    assert (out / "loss_curve.png").is_file() and (out / "train_args.json").is_file()
+
+
+def test_generation_config_stops_on_every_template_stop_token(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "out"
+    main_train.main(train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen", "--max_steps", "1"))
+    config = GenerationConfig.from_pretrained(out)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    assert sorted(config.eos_token_id) == sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+    assert config.pad_token_id not in config.eos_token_id
+    # the saved tokenizer carries our template: it renders exactly what training saw
+    import chat_template
+    messages = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_template.render(
+        messages, "qwen", add_generation_prompt=True)
+    record = json.loads((out / "dojo_run.json").read_text())
+    assert record["template_name"] == "qwen"
+
+
+def test_generate_stops_at_end_of_turn(tiny_model, toy_data, tmp_path):
+    """A model that learned one answer ends its turn with <|im_end|> and generate stops there."""
+    out = tmp_path / "out"
+    from tests.conftest import write_jsonl
+    data = write_jsonl(tmp_path / "one.jsonl", [{"instruction": "ping", "output": "pong"}] * 8)
+    main_train.main(train_argv(tiny_model("qwen"), data, out, "--template_name", "qwen", "--train_mode", "full",
+                               "--max_steps", "40", "--learning_rate", "0.03"))
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    prompt = tok.apply_chat_template([{"role": "user", "content": "ping"}], add_generation_prompt=True,
+                                     return_tensors="pt", return_dict=True)
+    gen = model.generate(**prompt, max_new_tokens=10, do_sample=False)
+    new = gen[0, prompt["input_ids"].shape[1]:].tolist()
+    assert tok.decode(new) == "pong<|im_end|>"
