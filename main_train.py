@@ -31,13 +31,17 @@ def main(argv=None):
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
     encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
                   special_text=args.special_text)
-    train_set, summary = encode_conversations(load_conversations(args.train_data_path), **encode)
+    skipped = []
+    read = dict(invalid_records=args.invalid_records, skipped=skipped)
+    train_set, summary = encode_conversations(load_conversations(args.train_data_path, **read), **encode)
     log(f"train data: {summary}")
     if args.eval_data_path:
-        eval_set, eval_summary = encode_conversations(load_conversations(args.eval_data_path), **encode)
+        eval_set, eval_summary = encode_conversations(load_conversations(args.eval_data_path, **read), **encode)
         log(f"eval data: {eval_summary}")
     else:
         train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
+    if skipped:
+        log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
                                                                  tokenizer))
     if eval_set is not None and args.eval_strategy == "no":

@@ -93,7 +93,8 @@ def build_token_cache(paths, tokenizer, cache_dir, text_split: str = "paragraph"
             docs = iter_documents(files, text_split)
             while batch := [d for _, d in zip(range(batch_docs), docs)]:
                 # split_special_tokens: a literal "<|endoftext|>" in raw text is just text, not EOS
-                ids = tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                ids = tokenizer(batch, add_special_tokens=False, split_special_tokens=True,
+                                verbose=False)["input_ids"]  # no "longer than model_max_length" warning
                 flat = np.concatenate([np.array(doc + [eos], dtype=dtype) for doc in ids])
                 out.write(flat.tobytes())
                 n_docs, n_tokens = n_docs + len(batch), n_tokens + len(flat)

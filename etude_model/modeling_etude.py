@@ -125,14 +125,13 @@ class EtudeRotaryEmbedding(nn.Module):
     def __init__(self, config: EtudeConfig):
         super().__init__()
         self.head_dim, self.theta = config.head_dim, config.rope_theta
-        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
-
-    def compute_inv_freq(self):
-        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
 
     @torch.no_grad()
     def forward(self, x, position_ids):  # position_ids: (B, T) -> cos, sin: (B, T, head_dim)
-        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :].to(x.device)
+        # Frequencies are recomputed in float32 each call (head_dim / 2 numbers): a buffer would be
+        # rounded to bf16 by model.to(torch.bfloat16), which garbles the angles of far positions.
+        exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=x.device) / self.head_dim
+        freqs = position_ids[:, :, None].float() * (1.0 / self.theta ** exponent)[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
@@ -320,8 +319,6 @@ class EtudePreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, EtudeRotaryEmbedding):
-            init.copy_(module.inv_freq, module.compute_inv_freq())
 
 
 class EtudeModel(EtudePreTrainedModel):
@@ -401,12 +398,7 @@ class EtudeForCausalLM(EtudePreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
+    # get/set_input_embeddings come from PreTrainedModel, which asks self.model (base_model_prefix).
     def get_output_embeddings(self):
         return self.lm_head
 

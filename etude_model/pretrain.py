@@ -232,6 +232,7 @@ def main(argv=None) -> dict:
         if ckpt is None or not (ckpt / "training_state.pt").exists():
             raise SystemExit(f"--resume: no checkpoint with training_state.pt found in {out}")
         state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        args.block_size = args.block_size or state["args"]["block_size"]  # same windows as before
     elif args.overwrite_output_dir:
         for _, d in checkpoints(out):
             shutil.rmtree(d)

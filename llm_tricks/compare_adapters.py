@@ -25,6 +25,7 @@ GPU:
 import argparse
 import copy
 import json
+import os
 import platform
 import random
 import sys
@@ -124,6 +125,16 @@ def eval_loss(model, examples, args, pad_id) -> float:
     return total / count
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def sync(device: str):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -177,7 +188,10 @@ def main(argv=None):
     parser.add_argument("--loss-window", type=int, default=10, help="train loss = mean of the last N steps")
     parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (GPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 avoids contention on a shared box)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     examples = load_examples(args.data, tokenizer, args.seq_len)
@@ -197,7 +211,7 @@ def main(argv=None):
     base.to("cpu")
     results = [train(m, base, train_set, eval_set, order, args, pad_id) for m in args.methods.split(",")]
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{cpu_name()}, {os.cpu_count()} cores"
     print(f"command: python {' '.join(sys.argv)}" if argv is None else f"argv: {argv}")
     print(f"device: {args.device} ({device_name}, torch threads {torch.get_num_threads()}); torch {torch.__version__}, "
           f"transformers {transformers.__version__}, peft {peft.__version__}")

@@ -95,4 +95,5 @@ def train_argv(model_dir, data, out, *extra) -> list[str]:
             "--max_steps", "4", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
             "--learning_rate", "0.01", "--warmup_steps", "0", "--lr_scheduler_type", "constant",
             "--logging_steps", "1", "--save_steps", "1000", "--max_len", "64", "--report_to", "none",
-            "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--lora_dropout", "0", *extra]
+            "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--lora_dropout", "0", "--train_mode", "lora",
+            *extra]

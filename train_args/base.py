@@ -47,6 +47,9 @@ class TrainArgs(TrainingArguments):
     special_text: str = field(default="error", metadata=_help(
         "Content containing special-token text such as '<|im_end|>': error (refuse, naming file:line) or keep "
         "(tokenize it as plain text)."))
+    invalid_records: str = field(default="error", metadata=_help(
+        "A malformed record: error (stop, naming file:line and field) or skip (drop it, count it, list the first "
+        "few). skip is for scraped data sets with a few broken records."))
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
@@ -83,7 +86,7 @@ class TrainArgs(TrainingArguments):
     bf16: bool | None = field(default=None, metadata=_help(
         "bf16 mixed precision. Omitted: on when the GPU supports bf16, else fp32.", nargs="?", const=True))
     activation_checkpointing: bool = field(default=True, metadata=_help(
-        "Gradient (activation) checkpointing: less memory, ~20% more compute."))
+        "Gradient (activation) checkpointing: less memory, about a fifth more compute."))
     activation_checkpointing_kwargs: dict | str | None = field(
         default_factory=lambda: {"use_reentrant": False},
         metadata=_help("Non-reentrant checkpointing keeps LoRA adapters trainable without input-grad hooks."))
@@ -109,6 +112,8 @@ class TrainArgs(TrainingArguments):
             raise ValueError(f"train_on must be 'all' or 'last', got {self.train_on!r}")
         if self.special_text not in ("error", "keep"):
             raise ValueError(f"special_text must be 'error' or 'keep', got {self.special_text!r}")
+        if self.invalid_records not in ("error", "skip"):
+            raise ValueError(f"invalid_records must be 'error' or 'skip', got {self.invalid_records!r}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         super().__post_init__()

@@ -168,16 +168,27 @@ def data_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def load_conversations(paths) -> list[Conversation]:
-    """Every record of every file, validated and converted to messages."""
+def load_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
+    """Every record of every file, validated and converted to messages.
+
+    invalid_records="error" stops at the first bad record; "skip" drops bad records (not unreadable files) and
+    appends their errors to `skipped`, for scraped data sets where a few broken records are expected."""
+    if invalid_records not in ("error", "skip"):
+        raise ValueError(f"invalid_records must be 'error' or 'skip', got {invalid_records!r}")
     conversations = []
     for path in data_files([paths] if isinstance(paths, (str, Path)) else paths):
         fmt = None
         for where, record in _records(path):
-            fmt = fmt or detect_format(record, where)
-            conversations.append(Conversation(to_messages(record, where, fmt), where))
+            try:
+                fmt = fmt or detect_format(record, where)
+                conversations.append(Conversation(to_messages(record, where, fmt), where))
+            except DataError as err:
+                if invalid_records == "error":
+                    raise
+                if skipped is not None:
+                    skipped.append(str(err))
         if fmt is None:
-            raise DataError(f"{path}: holds no records")
+            raise DataError(f"{path}: holds no valid records")
     return conversations
 
 

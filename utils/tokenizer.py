@@ -7,6 +7,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 import chat_template
+from chat_template import control_token_texts
 
 # transformers 5 rebuilds a SentencePiece-style pipeline for folders whose tokenizer_class is LlamaTokenizer[Fast],
 # which gives Yi a spurious leading "▁" (../shared/assets/SOURCES.md). Such folders that ship a tokenizer.json are
@@ -63,11 +64,25 @@ def pick_template(args, tokenizer) -> tuple[str, str]:
     return chat_template.detect(args.model_name_or_path, tokenizer)
 
 
+def add_control_tokens(tokenizer, template_name: str) -> bool:
+    """Make the template's control tokens atomic special tokens. A base tokenizer (Yi's) may hold `<|im_start|>`
+    in its vocabulary yet split the text into characters; registering it keeps its id. Returns True when a token
+    is new to the vocabulary (the model's embeddings must then grow)."""
+    vocab = tokenizer.get_vocab()
+    special = set(control_token_texts(tokenizer))
+    missing = [t for t in chat_template.get_template(template_name).special_tokens if t not in special]
+    if not missing:
+        return False
+    tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    return any(t not in vocab for t in missing)
+
+
 def build_tokenizer(args):
     """(tokenizer, template_name, why that template, whether tokens were added)."""
     tokenizer = load_tokenizer(args.model_name_or_path, args.trust_remote_code)
     template_name, reason = pick_template(args, tokenizer)
-    added = set_pad_token(tokenizer, template_name)
+    added = add_control_tokens(tokenizer, template_name)
+    added = set_pad_token(tokenizer, template_name) or added
     tokenizer.padding_side = "right"
     chat_template.apply_to_tokenizer(tokenizer, template_name)
     return tokenizer, template_name, reason, added

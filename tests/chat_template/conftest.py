@@ -39,7 +39,7 @@ MISSING_CHAT_TEMPLATE = {"yi": "yi-chat.jinja", "gemma": "gemma-it.jinja"}
 
 
 def load_tokenizer(folder):
-    """The loading rule (utils.tokenizer.load_tokenizer, written by the lead, follows the same rule).
+    """The tokenizer loading rule (the project's utils.tokenizer.load_tokenizer follows the same rule).
 
     `AutoTokenizer.from_pretrained(folder)`, except when tokenizer_config.json names LlamaTokenizer[Fast] and a
     tokenizer.json exists: transformers 5 then rebuilds a SentencePiece-style pipeline from the class name (Yi
@@ -50,7 +50,8 @@ def load_tokenizer(folder):
     folder = Path(folder)
     config_file = folder / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    if config.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast") and (folder / "tokenizer.json").is_file():
+    rebuilt = config.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
+    if rebuilt and (folder / "tokenizer.json").is_file():
         return transformers.PreTrainedTokenizerFast.from_pretrained(str(folder))
     return transformers.AutoTokenizer.from_pretrained(str(folder))
 
@@ -102,9 +103,10 @@ class Tokenizers:
             ids = tok(CHECK_TEXT, add_special_tokens=False)["input_ids"]
             assert ids == CHECK_IDS[name], f"{name}: check string encodes to {ids}, SOURCES.md says {CHECK_IDS[name]}"
             if name in CHAT_CONTROL_TOKENS:
-                ids = tok.convert_tokens_to_ids(list(CHAT_CONTROL_TOKENS[name]))
-                tok.add_special_tokens({"additional_special_tokens": list(CHAT_CONTROL_TOKENS[name])})
-                assert tok.convert_tokens_to_ids(list(CHAT_CONTROL_TOKENS[name])) == ids == list(CHAT_CONTROL_TOKENS[name].values())
+                texts, want = list(CHAT_CONTROL_TOKENS[name]), list(CHAT_CONTROL_TOKENS[name].values())
+                assert tok.convert_tokens_to_ids(texts) == want
+                tok.add_special_tokens({"additional_special_tokens": texts})
+                assert tok.convert_tokens_to_ids(texts) == want and len(tok) == len(tok.get_vocab())
             if not tok.chat_template and name in MISSING_CHAT_TEMPLATE:
                 tok.chat_template = official_template(MISSING_CHAT_TEMPLATE[name])
             self._cache[name] = tok
@@ -128,7 +130,6 @@ def tokenizers(shared_assets) -> Tokenizers:
 def official(shared_assets):
     """`official("qwen3.jinja")` -> the official chat template text."""
     return official_template
-
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ after the one it should), and nothing else would notice: this file is the guard.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT / ".." / "shared"
-GPT2_TIKTOKEN = SHARED / "assets" / "tokenizers" / "gpt2" / "gpt2.tiktoken"
+GPT2_TIKTOKEN = (SHARED / "assets" / "tokenizers" / "gpt2" / "gpt2.tiktoken").resolve()
 
 SKIP_NO_SHARED = f"needs the offline GPT-2 BPE ranks at {GPT2_TIKTOKEN} (the ../shared assets folder is absent)"
 

@@ -183,3 +183,12 @@ def test_hf_trainer_passes_num_items_in_batch(make_tiny_config, tmp_path):
                              max_steps=1, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     Trainer(model=model, args=args, train_dataset=rows).train()
     assert len(seen) == 2 and int(seen[0]) == int(seen[1]) == 2 * 15 + 2 * 8  # count of labels[:, 1:] != -100 over both
+
+
+def test_embedding_accessors_and_resize(make_tiny_config):
+    model = EtudeForCausalLM(make_tiny_config("etude-tiny"))
+    assert model.get_input_embeddings() is model.model.embed_tokens
+    assert model.get_output_embeddings() is model.lm_head
+    model.resize_token_embeddings(384)  # e.g. after adding tokens to a tokenizer
+    assert model.config.vocab_size == 384 and model.lm_head.weight.shape == (384, 64)
+    assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -92,7 +92,9 @@ def test_pretrain_lowers_loss_and_resumes_exactly(tmp_path, corpus_file, small_t
     full, split = tmp_path / "full", tmp_path / "split"
     main(pretrain_args(corpus_file, small_tokenizer_dir, full, cache, 12))
     main(pretrain_args(corpus_file, small_tokenizer_dir, split, cache, 6, "--lr_decay_steps", "12"))
-    main(pretrain_args(corpus_file, small_tokenizer_dir, split, cache, 12, "--resume"))
+    resume_args = pretrain_args(corpus_file, small_tokenizer_dir, split, cache, 12, "--resume")
+    i = resume_args.index("--block_size")
+    main(resume_args[:i] + resume_args[i + 2:])  # block_size comes back from the checkpoint
 
     log_full, log_split = read_log(full), read_log(split)
     train_full = {r["step"]: r["train_loss"] for r in log_full if "train_loss" in r}

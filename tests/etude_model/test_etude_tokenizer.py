@@ -87,3 +87,25 @@ def test_train_tokenizer(small_tokenizer_dir, corpus_file):
     check_vocab(config, tok)
     with pytest.raises(ValueError, match="400 tokens.*vocab_size is 256"):
         check_vocab(make_config("etude-tiny", vocab_size=256), tok)
+
+
+def test_builtin_template_matches_chat_template_package(small_tokenizer_dir):
+    """The tokenizer's built-in template renders exactly like the project's chat_template/templates/etude.jinja."""
+    from pathlib import Path
+
+    reference = Path(__file__).resolve().parents[2] / "chat_template" / "templates" / "etude.jinja"
+    if not reference.is_file():
+        pytest.skip(f"{reference} is absent")
+    tok = load_etude_tokenizer(small_tokenizer_dir)
+    conversations = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}],
+    ]
+    for messages in conversations:
+        for prompt in (False, True):
+            ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+            theirs = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
+                                             chat_template=reference.read_text(encoding="utf-8"))
+            assert ours == theirs

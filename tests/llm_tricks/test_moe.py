@@ -67,3 +67,25 @@ def test_moe_block_matches_mixtral(hidden, intermediate, num_experts, top_k):
         logits_ref, _, _ = ref.gate(x)
     assert_close(y, y_ref, what="block output")
     assert_close(logits, logits_ref, what="router logits")
+
+
+@pytest.mark.parametrize("output_router_logits", [False, True])
+def test_mixtral_adds_the_aux_loss_only_when_asked(output_router_logits):
+    """The README's pitfall: MixtralForCausalLM adds coef * aux to the loss only with output_router_logits=True."""
+    from transformers import MixtralForCausalLM
+
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)
+    model = MixtralForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        out = model(input_ids=ids, attention_mask=mask, labels=ids, output_router_logits=output_router_logits)
+    if not output_router_logits:
+        assert out.aux_loss is None and torch.equal(out.loss, plain)
+        return
+    ours = load_balancing_loss(out.router_logits, 4, 2, attention_mask=mask)
+    assert_close(out.aux_loss, ours, what="aux loss from real router logits")
+    assert_close(out.loss, plain + config.router_aux_loss_coef * ours, what="total loss")

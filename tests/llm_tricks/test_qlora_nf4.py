@@ -64,7 +64,7 @@ def test_nf4_beats_a_uniform_4bit_grid_on_normal_weights():
     err_nf4 = (dequantize_nf4(quantize_nf4(w)) - w).pow(2).mean()
     idx, absmax = quantize_blockwise(w, uniform, 64)
     err_uniform = ((uniform[idx.long()] * absmax.repeat_interleave(64)) - w).pow(2).mean()
-    assert err_nf4 < 0.85 * err_uniform
+    assert err_nf4 < 0.9 * err_uniform  # measured ratio about 0.84 (see README)
 
 
 @pytest.mark.parametrize("compress_statistics", [False, True])
