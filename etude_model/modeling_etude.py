@@ -407,7 +407,7 @@ class EtudeForCausalLM(EtudePreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None,
-                logits_to_keep: int = 0, num_items_in_batch=None, shift_labels=None,
+                logits_to_keep: int = 0, num_items_in_batch=None,
                 **kwargs) -> MoeCausalLMOutputWithPast:
         """labels follow the HF convention: same shape as input_ids, NOT shifted (we shift here),
         -100 = ignore. With `num_items_in_batch` (the Trainer passes it under gradient
@@ -422,6 +422,8 @@ class EtudeForCausalLM(EtudePreTrainedModel, GenerationMixin):
         logits = self.lm_head(h)
 
         loss, aux_loss = None, out.aux_loss
+        # shift_labels stays out of the signature: the Trainer treats every `*labels` parameter as required for eval
+        shift_labels = kwargs.pop("shift_labels", None)
         if labels is not None or shift_labels is not None:
             if shift_labels is None:  # position t predicts token t+1
                 shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]

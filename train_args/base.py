@@ -34,7 +34,7 @@ class TrainArgs(TrainingArguments):
         "Weight dtype: auto (bf16 on a bf16 GPU, else fp32), bfloat16, float16 or float32."))
     attn_implementation: str = field(default="sdpa", metadata=_help("Attention kernel: sdpa, eager, ..."))
     # --- data ------------------------------------------------------------------------------------------------------
-    train_data_path: list[str] = field(default_factory=lambda: ["data/etude_skills/train.jsonl"], metadata=_help(
+    train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"], metadata=_help(
         "Training data: one or more JSONL/JSON/parquet files or folders (alpaca, OpenAI messages or ShareGPT)."))
     eval_data_path: list[str] | None = field(default=None, metadata=_help(
         "Evaluation data, same formats. Omitted: eval_ratio of the training data is held out."))

@@ -31,6 +31,9 @@ def build_model(args, vocab_size: int | None = None):
     dtype = resolve_dtype(args)
     import etude_model  # registers Etude with the Auto classes
     if args.model_name_or_path in etude_model.PRESETS:
+        if args.train_mode != "full":
+            raise ValueError(f"{args.model_name_or_path} is a preset with random weights: an adapter on it could "
+                             "never be reloaded; use train_mode full, or pretrain first and pass the checkpoint")
         torch.manual_seed(args.seed)
         model = etude_model.EtudeForCausalLM(etude_model.make_config(args.model_name_or_path)).to(dtype)
     else:
