@@ -63,12 +63,15 @@ def load_examples(path: str, tokenizer, seq_len: int) -> list[tuple[list[int], l
     return examples
 
 
-def compact_vocab(examples):
-    """Renumber the token ids that occur to 0 .. V-1 (a random model has no use for the others)."""
-    used = sorted({t for ids, _ in examples for t in ids})
+def compact_vocab(examples, pad_id: int):
+    """Renumber the token ids that occur (and the pad id) to 0 .. V-1: a random model has no use for the others.
+
+    Returns (remapped examples, new pad id, V).
+    """
+    used = sorted({t for ids, _ in examples for t in ids} | {pad_id})
     new_id = {t: i for i, t in enumerate(used)}
     remapped = [([new_id[t] for t in ids], [new_id[t] if t != -100 else -100 for t in labels]) for ids, labels in examples]
-    return remapped, len(used)
+    return remapped, new_id[pad_id], len(used)
 
 
 def make_batch(examples, pad_id: int, device):
@@ -98,7 +101,7 @@ def wrap(base, method: str, args):
     kwargs.update({"dora": {"use_dora": True}, "rslora": {"use_rslora": True},
                    "pissa": {"init_lora_weights": "pissa"}}.get(method, {}))
     torch.manual_seed(args.seed + 1)  # the same A init for every method that draws one
-    model = get_peft_model(copy.deepcopy(base), LoraConfig(**kwargs))
+    model = get_peft_model(copy.deepcopy(base).to(args.device), LoraConfig(**kwargs))  # PiSSA's SVD runs on device
     params = [p for p in model.parameters() if p.requires_grad]
     if method == "lora_plus":
         opt = create_loraplus_optimizer(model, torch.optim.AdamW, lr=args.lr, loraplus_lr_ratio=args.loraplus_ratio)
@@ -142,7 +145,9 @@ def sync(device: str):
 
 def train(method, base, train_set, eval_set, order, args, pad_id):
     model, opt, n_trainable = wrap(base, method, args)
-    model.to(args.device).train()
+    model.train()
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     losses, times = [], []
     for step in range(args.steps):
         batch = make_batch([train_set[i] for i in order[step]], pad_id, args.device)
@@ -161,6 +166,7 @@ def train(method, base, train_set, eval_set, order, args, pad_id):
     return {
         "method": method, "train_loss": sum(last) / len(last), "eval_loss": eval_loss(model, eval_set, args, pad_id),
         "ms_per_step": 1000 * sum(timed) / len(timed), "trainable": n_trainable,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else None,
     }
 
 
@@ -198,8 +204,7 @@ def main(argv=None):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     vocab_size = len(tokenizer)
     if not args.model:
-        examples, vocab_size = compact_vocab(examples + [([pad_id], [-100])])
-        pad_id, examples = examples[-1][0][0], examples[:-1]
+        examples, pad_id, vocab_size = compact_vocab(examples, pad_id)
     rng = random.Random(args.seed)
     rng.shuffle(examples)
     eval_set, train_set = examples[: args.eval_examples], examples[args.eval_examples :]
@@ -219,10 +224,13 @@ def main(argv=None):
           f"{len(train_set)} train / {len(eval_set)} eval examples; {args.steps} steps x batch {args.batch_size}, "
           f"seq <= {args.seq_len}, lr {args.lr}, r {args.rank}, alpha {args.alpha}, bf16 {args.bf16}")
     print(f"eval loss before training: {initial:.4f}\n")
-    print(f"| method | train loss (mean of last {args.loss_window} steps) | eval loss | ms/step | trainable params |")
-    print("|---|---|---|---|---|")
+    cuda = args.device.startswith("cuda")  # peak GPU memory only means something on a GPU
+    print(f"| method | train loss (mean of last {args.loss_window} steps) | eval loss | ms/step | trainable params |"
+          + (" peak GPU MiB |" if cuda else ""))
+    print("|---|---|---|---|---|" + ("---|" if cuda else ""))
     for r in results:
-        print(f"| {r['method']} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | {r['ms_per_step']:.1f} | {r['trainable']:,} |")
+        print(f"| {r['method']} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | {r['ms_per_step']:.1f} | {r['trainable']:,} |"
+              + (f" {r['peak_mib']:.0f} |" if cuda else ""))
     return results
 
 

@@ -101,3 +101,11 @@ def test_generate_stops_at_end_of_turn(tiny_model, toy_data, tmp_path):
     gen = model.generate(**prompt, max_new_tokens=10, do_sample=False)
     new = gen[0, prompt["input_ids"].shape[1]:].tolist()
     assert tok.decode(new) == "pong<|im_end|>"
+    # inference.py answers one prompt from the command line and stops at the end of the turn
+    import subprocess
+    import sys
+    from tests.conftest import REPO
+    proc = subprocess.run([sys.executable, "inference.py", "--model_name_or_path", str(out), "--prompt", "ping",
+                           "--temperature", "0", "--max_new_tokens", "10"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "pong"
