@@ -9,6 +9,7 @@ from pathlib import Path
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, encode_conversations, load_conversations, show_sample, split_eval
 from utils.model import apply_peft, build_model, build_optimizer, count_parameters
+from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.tokenizer import build_tokenizer
 from utils.trainer import build_trainer, check_output_dir, rank0, resolve_resume
@@ -17,6 +18,16 @@ from utils.trainer import build_trainer, check_output_dir, rank0, resolve_resume
 def log(message: str) -> None:
     if rank0():
         print(f"[dojo] {message}", flush=True)
+
+
+def score(model, tokenizer, template_name, conversations, when: str):
+    """Exact-match accuracy on held-out prompts (rank 0 only; None when there is nothing to score)."""
+    if not conversations or not rank0():
+        return None
+    accuracy, results = exact_match(model, tokenizer, conversations, template_name)
+    examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
+    log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
+    return accuracy
 
 
 def main(argv=None):
@@ -40,6 +51,9 @@ def main(argv=None):
         log(f"eval data: {eval_summary}")
     else:
         train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
+    score_set = None
+    if args.score_data_path:
+        score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
@@ -60,12 +74,18 @@ def main(argv=None):
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
         f"parameters ({100 * trainable / total:.2f}%)")
     snapshot = trainable_snapshot(model)
+    score_before = score(model, tokenizer, template_name, score_set, "before training")
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
     trainer.train(resume_from_checkpoint=resume)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
                                         for h in trainer.state.log_history):
         trainer.evaluate()
+
+    score_after = score(trainer.model, tokenizer, template_name, score_set, "after training")
+    if score_before is not None and score_after is not None:
+        log(f"held-out exact match: {score_before:.1%} before -> {score_after:.1%} after training "
+            f"({len(score_set)} prompts)")
 
     save_outputs(trainer, tokenizer, args, template_name)
     if trainer.is_world_process_zero():

@@ -1,7 +1,8 @@
 """Write data/skills/{train,eval}.jsonl: small synthetic chat skills this project generates itself.
 
-Three skills a ~10M model can learn on a CPU in minutes: add two numbers, reverse a list of words, upper-case a
-word. The eval split holds prompts never seen in training, so a before/after score means something.
+Three skills a small model can learn from scratch on a CPU in minutes: repeat a list of words, reverse it, and
+name its last word. The eval split holds word lists never seen in training, so a before/after score measures a
+learned skill, not a memorised answer.
 
     python data/make_skills.py [--n_train 2000] [--n_eval 200] [--seed 0]
 """
@@ -11,20 +12,16 @@ import random
 from pathlib import Path
 
 WORDS = ("apple river stone cloud tiger piano green silver orange window garden rocket candle forest violin "
-         "bread mountain ocean pencil yellow").split()
+         "bread mountain ocean pencil yellow winter summer castle dragon letter mirror planet rabbit shadow spring "
+         "thunder valley bridge coffee desert engine flower island jacket kitten").split()
 
 
 def sample(rng: random.Random) -> dict:
-    skill = rng.choice(("add", "reverse", "upper"))
-    if skill == "add":
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        prompt, answer = f"add {a} {b}", str(a + b)
-    elif skill == "reverse":
-        words = rng.sample(WORDS, rng.randint(2, 4))
-        prompt, answer = "reverse: " + " ".join(words), " ".join(reversed(words))
-    else:
-        word = rng.choice(WORDS)
-        prompt, answer = f"upper: {word}", word.upper()
+    skill = rng.choice(("repeat", "reverse", "last"))
+    words = rng.sample(WORDS, rng.randint(2, 4))
+    answer = {"repeat": words, "reverse": words[::-1], "last": words[-1:]}[skill]
+    prompt = f"{skill}: " + " ".join(words)
+    answer = " ".join(answer)
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
 
 

@@ -50,6 +50,10 @@ class TrainArgs(TrainingArguments):
     invalid_records: str = field(default="error", metadata=_help(
         "A malformed record: error (stop, naming file:line and field) or skip (drop it, count it, list the first "
         "few). skip is for scraped data sets with a few broken records."))
+    score_data_path: list[str] | None = field(default=None, metadata=_help(
+        "Held-out conversations to score before and after training: greedy answer to each final user turn, "
+        "exact match with the reference answer (the model must also stop). Omitted: no score."))
+    score_samples: int = field(default=100, metadata=_help("How many score_data_path samples to score."))
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))

@@ -1,8 +1,8 @@
 """The default run (`python main_train.py`): offline, CPU-friendly, a few minutes.
 
-Full fine-tuning of a fresh Etude-tiny (random weights) on the synthetic skills in data/skills/, with eval loss on
-held-out prompts. A first taste of the whole loop; the Etude one-click run (pretrain, then SFT, with a before/after
-score) is planned to replace it.
+Full fine-tuning of a fresh Etude-tiny (random weights) on the synthetic skills in data/skills/ (written by
+data/make_skills.py), with eval loss and a before/after exact-match score on held-out prompts, ending with the
+command to chat with the result.
 """
 from dataclasses import dataclass, field
 
@@ -14,6 +14,7 @@ class DefaultArgs(TrainArgs):
     model_name_or_path: str = "etude-tiny"
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"])
     eval_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
+    score_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
     output_dir: str = "output/etude_default"
     train_mode: str = "full"
     max_len: int = 64

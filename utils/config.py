@@ -82,15 +82,16 @@ def config_defaults(path: Path) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> TrainArgs:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = DEFAULT_CONFIG
+    # No config named: the default run, unless a model is named (then TrainArgs' own defaults, so the default
+    # run's Etude-specific settings never leak into a run on another model).
+    config = None if any(a.split("=")[0] == "--model_name_or_path" for a in argv) else DEFAULT_CONFIG
     if argv and not argv[0].startswith("-"):
         config = argv.pop(0)
     parser = HfArgumentParser(TrainArgs)
     parser.prog = "main_train.py"
     parser.usage = "python main_train.py [CONFIG] [--field value ...]   (CONFIG: a name in train_args/ or a file)"
-    defaults = config_defaults(resolve_config_path(config))
+    defaults = config_defaults(resolve_config_path(config)) if config else {}
     # argparse wants list-valued defaults as lists and dict ones as JSON strings, as on the command line
     parser.set_defaults(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in defaults.items()})
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    args.config_name = config
     return args

@@ -79,7 +79,7 @@ def build_optimizer(model, args):
     return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
                                      loraplus_lr_ratio=args.loraplus_lr_ratio,
                                      **{k: v for k, v in optimizer_kwargs.items() if k != "lr"},
-                                     weight_decay=args.weight_decay)
+                                     loraplus_weight_decay=args.weight_decay)  # peft ignores plain weight_decay
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -27,7 +27,8 @@ class DoRALinear(LoRALinear):
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16, dropout: float = 0.0):
         super().__init__(base, r=r, alpha=alpha, dropout=dropout)
-        self.magnitude = nn.Parameter(torch.empty(base.out_features, dtype=base.weight.dtype))
+        w = base.weight
+        self.magnitude = nn.Parameter(torch.empty(base.out_features, dtype=w.dtype, device=w.device))
         self.init_magnitude()
 
     def weight_norm(self) -> torch.Tensor:

@@ -1,14 +1,15 @@
-"""Make `import llm_tricks` work however pytest is started (plain `pytest` does not put the repo root on sys.path)."""
+"""Test setup for llm_tricks: repo root on sys.path, and one CPU thread per test."""
 
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
+# Plain `pytest` (unlike `python -m pytest` from the root) does not put the repo root on sys.path.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

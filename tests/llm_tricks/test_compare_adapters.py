@@ -1,4 +1,4 @@
-"""Smoke test of llm_tricks/compare_adapters.py: every method trains a few steps on real data and reports sane numbers."""
+"""Smoke test of llm_tricks/compare_adapters.py: every method trains a few steps on real data, sane numbers out."""
 
 import math
 from pathlib import Path
@@ -10,7 +10,9 @@ from llm_tricks import compare_adapters
 DATA = compare_adapters.REPO.parent / "shared" / "assets" / "data" / "sft" / "alpaca_en_demo.jsonl"
 
 
-@pytest.mark.skipif(not (DATA.exists() and compare_adapters.DEFAULT_TOKENIZER.exists()), reason="../shared assets absent")
+@pytest.mark.skipif(
+    not (DATA.exists() and compare_adapters.DEFAULT_TOKENIZER.exists()), reason="../shared assets absent"
+)
 def test_all_methods_run_and_report(tmp_path: Path, capsys):
     small = tmp_path / "alpaca_small.jsonl"
     small.write_text("\n".join(DATA.read_text(encoding="utf-8").splitlines()[:16]) + "\n", encoding="utf-8")

@@ -29,7 +29,8 @@ def _qwen2_run(model, strategy):
     def run(docs):
         p = pack(docs)
         if strategy == "4d_mask":  # explicit block-diagonal causal mask (additive float) + restarted position ids
-            kwargs = {"attention_mask": additive_mask(block_causal_mask(p["doc_ids"])), "position_ids": p["position_ids"]}
+            mask = additive_mask(block_causal_mask(p["doc_ids"]))
+            kwargs = {"attention_mask": mask, "position_ids": p["position_ids"]}
         elif strategy == "4d_bool_mask":
             kwargs = {"attention_mask": block_causal_mask(p["doc_ids"]), "position_ids": p["position_ids"]}
         elif strategy == "position_ids":  # transformers infers the documents from the restarts
@@ -81,7 +82,8 @@ def test_with_a_correct_mask_rope_does_not_need_the_restart(qwen2):
     global_positions = torch.arange(p["input_ids"].shape[1])[None]
     with torch.no_grad():
         mask = additive_mask(block_causal_mask(p["doc_ids"]))
-        out = qwen2(input_ids=p["input_ids"], attention_mask=mask, position_ids=global_positions).logits[0, len(docs[0]):]
+        out = qwen2(input_ids=p["input_ids"], attention_mask=mask, position_ids=global_positions).logits
+        out = out[0, len(docs[0]):]
         alone = qwen2(input_ids=docs[1][None]).logits[0]
     assert (out - alone).abs().max() < 1e-5
 

@@ -70,7 +70,9 @@ def test_nf4_beats_a_uniform_4bit_grid_on_normal_weights():
 @pytest.mark.parametrize("compress_statistics", [False, True])
 def test_bits_per_parameter_matches_what_bitsandbytes_stores(compress_statistics):
     n = 64 * 256 * 8
-    q, state = bnbF.quantize_4bit(torch.randn(n), blocksize=64, quant_type="nf4", compress_statistics=compress_statistics)
+    q, state = bnbF.quantize_4bit(
+        torch.randn(n), blocksize=64, quant_type="nf4", compress_statistics=compress_statistics
+    )
     stored = q.numel() * q.element_size() + state.absmax.numel() * state.absmax.element_size()
     if compress_statistics:
         stored += state.state2.absmax.numel() * state.state2.absmax.element_size() + 4  # + the fp32 offset

@@ -1,0 +1,42 @@
+"""Exact-match score on held-out prompts: does the model now give the answer, and stop?
+
+The loss says the model got closer; this says whether it is right. Each held-out conversation's final assistant
+turn is the reference; the model answers the conversation before it greedily, and an answer counts when it equals
+the reference after stripping whitespace (a model that does not stop at the end of its turn fails).
+"""
+from __future__ import annotations
+
+import torch
+
+import chat_template
+
+
+@torch.no_grad()
+def exact_match(model, tokenizer, conversations, template_name: str, max_new_tokens: int = 32,
+                batch_size: int = 32) -> tuple[float, list[tuple[str, str, str]]]:
+    """(accuracy, [(prompt, reference, answer), ...])."""
+    stops = chat_template.stop_token_ids(tokenizer, template_name)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    was_training, use_cache = model.training, model.config.use_cache
+    model.eval()
+    model.config.use_cache = True
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(conversations), batch_size):
+        batch = conversations[start:start + batch_size]
+        prompts = [chat_template.encode(c.messages[:-1], tokenizer, template_name, add_generation_prompt=True)
+                   ["input_ids"] for c in batch]
+        width = max(map(len, prompts))  # left padding: every prompt ends where generation starts
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stops, pad_token_id=pad)
+        for conv, row in zip(batch, out[:, width:].tolist()):
+            stopped = any(t in stops for t in row)
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            answer = text if stopped else text + " [did not stop]"
+            results.append((conv.messages[-2]["content"], conv.messages[-1]["content"].strip(), answer))
+    model.train(was_training)
+    model.config.use_cache = use_cache
+    accuracy = sum(ref == ans for _, ref, ans in results) / max(1, len(results))
+    return accuracy, results
