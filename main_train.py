@@ -36,7 +36,7 @@ def main(argv=None):
     check_output_dir(args)
     resume = resolve_resume(args)
 
-    tokenizer, template_name, template_reason, added_tokens = build_tokenizer(args)
+    tokenizer, template_name, template_reason = build_tokenizer(args)
     log(f"template: {template_name} ({template_reason})")
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
@@ -68,7 +68,7 @@ def main(argv=None):
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
 
-    model = build_model(args, vocab_size=len(tokenizer) if added_tokens else None)
+    model = build_model(args, vocab_size=len(tokenizer))
     model = apply_peft(model, args)
     trainable, total = count_parameters(model)
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "

@@ -46,6 +46,22 @@ def main():
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
     print(f"wrote {args.n_train} train and {args.n_eval} eval samples to {out}")
+    train_small_tokenizer(rows[:args.n_train], out / "tokenizer")
+
+
+def train_small_tokenizer(rows, folder: Path, vocab_size: int = 512) -> None:
+    """A byte-level BPE fitted to the training texts: with a few hundred tokens instead of GPT-2's 50k, the default
+    run's model spends its compute on the transformer, not on a 50k-way softmax, and learns on a CPU in minutes."""
+    import sys
+    import tempfile
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from etude_model.train_tokenizer import train_tokenizer
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(m["content"] for r in rows for m in r["messages"]), encoding="utf-8")
+        tokenizer = train_tokenizer([str(corpus)], vocab_size=vocab_size, min_frequency=2, text_split="line")
+    tokenizer.save_pretrained(folder)
+    print(f"wrote a {len(tokenizer)}-token tokenizer to {folder}")
 
 
 if __name__ == "__main__":

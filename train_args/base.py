@@ -25,6 +25,9 @@ class TrainArgs(TrainingArguments):
     model_name_or_path: str = field(default="etude-tiny", metadata=_help(
         "A local model folder, a hub id (needs internet), or an Etude preset name (etude-tiny, ...) to start from "
         "random weights."))
+    tokenizer_name_or_path: str | None = field(default=None, metadata=_help(
+        "Tokenizer folder when it is not the model's own, e.g. a small tokenizer from etude_model.train_tokenizer "
+        "for an Etude preset (the preset's vocabulary is sized to it)."))
     template_name: str | None = field(default=None, metadata=_help(
         "Chat template (qwen, qwen3, yi, gemma, phi3, deepseek, deepseek3, llama3, etude). "
         "Omitted: detected from the model and printed."))

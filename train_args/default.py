@@ -12,18 +12,19 @@ from train_args.base import TrainArgs
 @dataclass
 class DefaultArgs(TrainArgs):
     model_name_or_path: str = "etude-tiny"
+    tokenizer_name_or_path: str | None = "data/skills/tokenizer"  # 512 tokens fitted to the skills (make_skills.py)
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"])
     eval_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
     score_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
     output_dir: str = "output/etude_default"
     train_mode: str = "full"
     max_len: int = 64
-    max_steps: int = 150
-    per_device_train_batch_size: int = 16
+    max_steps: int = 800                   # measured: 4.5 min on 2 CPU cores, held-out exact match 0% -> 80%
+    per_device_train_batch_size: int = 32
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3            # 2e-3 was measured to plateau (5% exact match)
     warmup_steps: float = 0.05
-    eval_steps: float = 50
-    logging_steps: float = 10
-    save_steps: float = 150
+    eval_steps: float = 400
+    logging_steps: float = 50
+    save_steps: float = 800
     activation_checkpointing: bool = False  # a 17M model needs no activation savings

@@ -27,7 +27,8 @@ def build_quant_config(dtype: torch.dtype) -> BitsAndBytesConfig:
 def build_model(args, vocab_size: int | None = None):
     """The base model from a local folder, a hub id, or (for Etude presets) fresh random weights.
 
-    vocab_size: grow the embeddings to this size when the tokenizer gained tokens."""
+    vocab_size: the tokenizer's size; embeddings grow to it when the tokenizer gained tokens, and a preset's
+    vocabulary is sized to it."""
     dtype = resolve_dtype(args)
     import etude_model  # registers Etude with the Auto classes
     if args.model_name_or_path in etude_model.PRESETS:
@@ -35,7 +36,8 @@ def build_model(args, vocab_size: int | None = None):
             raise ValueError(f"{args.model_name_or_path} is a preset with random weights: an adapter on it could "
                              "never be reloaded; use train_mode full, or pretrain first and pass the checkpoint")
         torch.manual_seed(args.seed)
-        model = etude_model.EtudeForCausalLM(etude_model.make_config(args.model_name_or_path)).to(dtype)
+        config = etude_model.make_config(args.model_name_or_path, vocab_size=etude_model.padded_vocab_size(vocab_size))
+        model = etude_model.EtudeForCausalLM(config).to(dtype)
     else:
         kwargs = dict(dtype=dtype, attn_implementation=args.attn_implementation,
                       trust_remote_code=args.trust_remote_code)

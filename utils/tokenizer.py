@@ -25,7 +25,7 @@ def _tokenizer_class(path: Path) -> str | None:
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     import etude_model
-    if name_or_path in etude_model.PRESETS:
+    if name_or_path in etude_model.PRESETS:  # a preset starts from the GPT-2 BPE Etude tokenizer
         return etude_model.build_etude_tokenizer()
     path = Path(name_or_path)
     if path.is_dir() and (path / "tokenizer.json").is_file() and _tokenizer_class(path) in _REBUILT_CLASSES:
@@ -78,11 +78,12 @@ def add_control_tokens(tokenizer, template_name: str) -> bool:
 
 
 def build_tokenizer(args):
-    """(tokenizer, template_name, why that template, whether tokens were added)."""
-    tokenizer = load_tokenizer(args.model_name_or_path, args.trust_remote_code)
+    """(tokenizer, template_name, why that template). Tokens it adds make len(tokenizer) exceed the model's
+    vocabulary; build_model grows the embeddings to match."""
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path, args.trust_remote_code)
     template_name, reason = pick_template(args, tokenizer)
-    added = add_control_tokens(tokenizer, template_name)
-    added = set_pad_token(tokenizer, template_name) or added
+    add_control_tokens(tokenizer, template_name)
+    set_pad_token(tokenizer, template_name)
     tokenizer.padding_side = "right"
     chat_template.apply_to_tokenizer(tokenizer, template_name)
-    return tokenizer, template_name, reason, added
+    return tokenizer, template_name, reason
