@@ -124,3 +124,16 @@ class TrainArgs(TrainingArguments):
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         super().__post_init__()
+
+
+@dataclass
+class ChatSFTRecipe(TrainArgs):
+    """The shared recipe of the ready family configs (qwen_lora.py, ...): chat SFT of an open model, defined once
+    here so each family file only says which model, template and method."""
+    train_data_path: list[str] = field(default_factory=lambda: ["data/my_sft.jsonl"])
+    eval_ratio: float = 0.02               # hold out 2% for eval loss
+    max_len: int = 2048
+    num_train_epochs: float = 2.0
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 4   # 16 samples per optimizer step
+    save_steps: float = 200

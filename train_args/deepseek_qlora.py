@@ -3,26 +3,14 @@ QLoRA: the frozen base is stored in 4-bit NF4 (double-quantized), LoRA trains on
 
 Run: python main_train.py deepseek_qlora --model_name_or_path /path/to/local/model --train_data_path data/my.jsonl
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from train_args.base import TrainArgs
+from train_args.base import ChatSFTRecipe
 
 
 @dataclass
-class DeepseekQloraArgs(TrainArgs):
+class DeepseekQloraArgs(ChatSFTRecipe):
     model_name_or_path: str = "deepseek-ai/deepseek-llm-7b-chat"  # a local folder works offline; a hub id needs internet
     template_name: str = "deepseek"
-    train_data_path: list[str] = field(default_factory=lambda: ["data/my_sft.jsonl"])
-    eval_ratio: float = 0.02               # hold out 2% for eval loss
-    max_len: int = 2048
     output_dir: str = "output/deepseek_qlora"
     train_mode: str = "qlora"
-    lora_rank: int = 16
-    lora_alpha: int = 32                   # update scale alpha/r = 2
-    lora_dropout: float = 0.05
-    learning_rate: float = 0.0002
-    num_train_epochs: float = 2.0
-    per_device_train_batch_size: int = 4
-    gradient_accumulation_steps: int = 4   # 16 samples per optimizer step
-    save_steps: float = 200
-    logging_steps: float = 10
