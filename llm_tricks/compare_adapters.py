@@ -40,6 +40,9 @@ from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, when run as a script
+import etude_model  # noqa: E402,F401  (lets --model load an Etude checkpoint)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TOKENIZER = REPO.parent / "shared" / "assets" / "tokenizers" / "qwen2.5"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
