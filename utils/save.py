@@ -40,6 +40,9 @@ def trainable_snapshot(model) -> dict[str, torch.Tensor]:
 def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
     """Weights through the Trainer (it gathers them under DDP/FSDP/ZeRO-3 and writes on rank 0 only), then the
     files that make the folder self-describing: tokenizer with our chat template, generation config, run record."""
+    config = getattr(trainer.model, "config", None)
+    if getattr(config, "training_stage", None) is not None:  # Etude records its stage in config.json
+        config.training_stage = "sft"
     trainer.save_model(args.output_dir)
     if not trainer.is_world_process_zero():
         return
