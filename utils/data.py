@@ -215,22 +215,26 @@ def encode_conversations(conversations: list[Conversation], tokenizer, template_
     an all-masked sample adds nothing but a loss of 0 that looks like success."""
     import datasets
 
-    rows = []
-    for conv in conversations:
+    def encode_row(row):
         try:
-            enc = chat_template.encode(conv.messages, tokenizer, template_name, max_len=max_len,
+            enc = chat_template.encode(json.loads(row["messages"]), tokenizer, template_name, max_len=max_len,
                                        train_on=train_on, special_text=special_text)
         except chat_template.ChatFormatError as err:
-            raise DataError(f"{conv.source}: {err}") from None
-        rows.append(enc)
-    kept = [r for r in rows if any(label != chat_template.IGNORE_INDEX for label in r["labels"])]
+            raise DataError(f"{row['source']}: {err}") from None
+        enc["n_supervised"] = sum(label != chat_template.IGNORE_INDEX for label in enc["labels"])
+        return enc
+
+    # messages travel as JSON text: Arrow would otherwise unify optional keys across records
+    raw = datasets.Dataset.from_dict({"messages": [json.dumps(c.messages, ensure_ascii=False) for c in conversations],
+                                      "source": [c.source for c in conversations]})
+    encoded = raw.map(encode_row, remove_columns=["messages", "source"], desc="encode")
+    kept = encoded.filter(lambda n: n > 0, input_columns="n_supervised", desc="drop unsupervised")
     summary = EncodeSummary(
-        total=len(rows), kept=len(kept), dropped_no_supervision=len(rows) - len(kept), max_len=max_len,
-        supervised_tokens=sum(sum(label != chat_template.IGNORE_INDEX for label in r["labels"]) for r in kept),
-        tokens=sum(len(r["input_ids"]) for r in kept))
-    if not kept:
+        total=len(encoded), kept=len(kept), dropped_no_supervision=len(encoded) - len(kept), max_len=max_len,
+        supervised_tokens=sum(kept["n_supervised"]), tokens=sum(map(len, kept["input_ids"])))
+    if not len(kept):
         raise DataError(f"no usable samples: {summary}")
-    return datasets.Dataset.from_list(kept), summary
+    return kept.remove_columns("n_supervised"), summary
 
 
 def split_eval(dataset, eval_ratio: float, seed: int):
