@@ -70,6 +70,9 @@ class TrainArgs(TrainingArguments):
         "LoRA+: learning rate of B = ratio x learning rate of A (the paper suggests 16)."))
     init_lora_weights: str = field(default="default", metadata=_help(
         "LoRA init: default (A kaiming, B zero), gaussian, pissa, pissa_niter_N, olora, ..."))
+    padding_free: bool = field(default=False, metadata=_help(
+        "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
+        "(same loss and gradients; no compute spent on pad tokens). For Qwen/Llama/Gemma/Phi-3-type models."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
