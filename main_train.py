@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from utils.config import ConfigError, parse_args
-from utils.data import DataError, encode_conversations, load_conversations, show_sample, split_eval
+from utils.data import DataError, build_datasets
 from utils.model import apply_peft, build_model, build_optimizer, count_parameters
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
@@ -40,24 +40,7 @@ def main(argv=None):
     log(f"template: {template_name} ({template_reason})")
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
-    encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
-                  special_text=args.special_text)
-    skipped = []
-    read = dict(invalid_records=args.invalid_records, skipped=skipped)
-    train_set, summary = encode_conversations(load_conversations(args.train_data_path, **read), **encode)
-    log(f"train data: {summary}")
-    if args.eval_data_path:
-        eval_set, eval_summary = encode_conversations(load_conversations(args.eval_data_path, **read), **encode)
-        log(f"eval data: {eval_summary}")
-    else:
-        train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
-    score_set = None
-    if args.score_data_path:
-        score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
-    if skipped:
-        log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
-    log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
-                                                                 tokenizer))
+    train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)
     if eval_set is not None and args.eval_strategy == "no":
         args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
     if args.dry_run:

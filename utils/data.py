@@ -259,3 +259,26 @@ def show_sample(input_ids, labels, tokenizer) -> str:
         text = tokenizer.decode(run)
         out.append(f"[[{text}]]" if supervised else text)
     return "".join(out)
+
+
+def build_datasets(args, tokenizer, template_name: str, log=print):
+    """(train, eval or None, score conversations or None) for a run, with a summary and one marked sample logged."""
+    encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
+                  special_text=args.special_text)
+    skipped = []
+    read = dict(invalid_records=args.invalid_records, skipped=skipped)
+    train_set, summary = encode_conversations(load_conversations(args.train_data_path, **read), **encode)
+    log(f"train data: {summary}")
+    if args.eval_data_path:
+        eval_set, eval_summary = encode_conversations(load_conversations(args.eval_data_path, **read), **encode)
+        log(f"eval data: {eval_summary}")
+    else:
+        train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
+    score_set = None
+    if args.score_data_path:
+        score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
+    if skipped:
+        log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
+    log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
+                                                                 tokenizer))
+    return train_set, eval_set, score_set
