@@ -258,3 +258,10 @@ def test_two_ranks_with_torchrun_gloo(tiny_model, toy_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("[dojo] verified") == 1
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tiny_model, toy_data, tmp_path):
+    """A separate tokenizer whose vocabulary exceeds the model's embeddings is a mismatch, not a resize."""
+    with pytest.raises(ValueError, match="do not belong together"):
+        main_train.main(train_argv(tiny_model("phi3"), toy_data, tmp_path / "o", "--template_name", "qwen",
+                                   "--tokenizer_name_or_path", str(tiny_model("qwen"))))

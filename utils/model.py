@@ -44,8 +44,12 @@ def build_model(args, vocab_size: int | None = None):
         if args.train_mode == "qlora":
             kwargs["quantization_config"] = build_quant_config(dtype)
         model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
-    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab_size is not None and vocab_size > rows:
+        if args.tokenizer_name_or_path and args.model_name_or_path not in etude_model.PRESETS:
+            raise ValueError(f"tokenizer {args.tokenizer_name_or_path} has {vocab_size} tokens but model "
+                             f"{args.model_name_or_path} has only {rows} embeddings: they do not belong together")
+        model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)  # tokens we added (pad, control tokens)
     model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
     if args.train_mode == "qlora":
         model = prepare_model_for_kbit_training(
