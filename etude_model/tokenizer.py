@@ -21,24 +21,15 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from chat_template import get_template
+
 EOS_TOKEN, IM_START, IM_END, PAD_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"
 SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END, PAD_TOKEN]
 
-# The project's "etude" chat template (ChatML shape):
-#   <|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>\n
-# {% generation %} marks the assistant text, so `return_assistant_tokens_mask=True` (and TRL's
-# assistant-only loss) can find the tokens to train on. It does not change the rendered text.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
-    "{{ '\n' }}"
-    "{%- else -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
-)
+# The chat format is defined once, in chat_template/templates/etude.jinja (ChatML shape with {% generation %}
+# markers); the tokenizer carries that definition so saved models render prompts the way they were trained.
+CHAT_TEMPLATE = get_template("etude").jinja
+assert set(get_template("etude").special_tokens) <= set(SPECIAL_TOKENS), "etude template tokens must be special"
 
 # shared/ sits next to the repository checkout: <repo>/../shared/assets/...
 DEFAULT_TIKTOKEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "tokenizers" / "gpt2" / "gpt2.tiktoken"

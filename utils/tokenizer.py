@@ -33,25 +33,24 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
 
-def set_pad_token(tokenizer, template_name: str) -> bool:
+def set_pad_token(tokenizer, template_name: str) -> None:
     """Give the tokenizer a pad token that is no stop token of the template.
 
     Labels here come from the template's spans, never from comparing ids with pad, so even pad == eos could not
     mask the end-of-turn token; a distinct pad keeps other tools (and attention masks built from ids) honest too.
-    Returns True when a new token was added (the model's embeddings must then grow)."""
+    A new token may be added: build_model then grows the embeddings to len(tokenizer)."""
     stops = set(chat_template.stop_token_ids(tokenizer, template_name))
     if tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in stops:
-        return False
+        return
     vocab = tokenizer.get_vocab()
     candidates = [tokenizer.unk_token] + [t for t in vocab if "pad" in t.lower() and t.startswith("<")]
     for token in candidates:
         if token and token in vocab and vocab[token] not in stops:
             tokenizer.pad_token = token
-            return False
+            return
     tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
-    return True
 
 
 def pick_template(args, tokenizer) -> tuple[str, str]:
@@ -64,17 +63,14 @@ def pick_template(args, tokenizer) -> tuple[str, str]:
     return chat_template.detect(args.model_name_or_path, tokenizer)
 
 
-def add_control_tokens(tokenizer, template_name: str) -> bool:
+def add_control_tokens(tokenizer, template_name: str) -> None:
     """Make the template's control tokens atomic special tokens. A base tokenizer (Yi's) may hold `<|im_start|>`
-    in its vocabulary yet split the text into characters; registering it keeps its id. Returns True when a token
-    is new to the vocabulary (the model's embeddings must then grow)."""
-    vocab = tokenizer.get_vocab()
+    in its vocabulary yet split the text into characters; registering it keeps its id (a token new to the
+    vocabulary makes build_model grow the embeddings)."""
     special = set(control_token_texts(tokenizer))
     missing = [t for t in chat_template.get_template(template_name).special_tokens if t not in special]
-    if not missing:
-        return False
-    tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
-    return any(t not in vocab for t in missing)
+    if missing:
+        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
 
 
 def build_tokenizer(args):

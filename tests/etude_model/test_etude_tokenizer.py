@@ -89,23 +89,14 @@ def test_train_tokenizer(small_tokenizer_dir, corpus_file):
         check_vocab(make_config("etude-tiny", vocab_size=256), tok)
 
 
-def test_builtin_template_matches_chat_template_package(small_tokenizer_dir):
-    """The tokenizer's built-in template renders exactly like the project's chat_template/templates/etude.jinja."""
-    from pathlib import Path
+def test_tokenizer_carries_the_chat_template_package_definition(small_tokenizer_dir):
+    """One definition of the Etude chat format: the tokenizer (also after save/load) carries etude.jinja."""
+    from chat_template import get_template, render
 
-    reference = Path(__file__).resolve().parents[2] / "chat_template" / "templates" / "etude.jinja"
-    if not reference.is_file():
-        pytest.skip(f"{reference} is absent")
     tok = load_etude_tokenizer(small_tokenizer_dir)
-    conversations = [
-        [{"role": "user", "content": "hi"}],
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"},
-         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
-         {"role": "assistant", "content": "4"}],
-    ]
-    for messages in conversations:
-        for prompt in (False, True):
-            ours = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
-            theirs = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt,
-                                             chat_template=reference.read_text(encoding="utf-8"))
-            assert ours == theirs
+    assert tok.chat_template == get_template("etude").jinja
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}]
+    for prompt in (False, True):
+        assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == render(
+            messages, "etude", add_generation_prompt=prompt)
