@@ -22,12 +22,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-# name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers
+# name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers; "model" picks
+# peer_bench's MODEL_DIMS and "batch" overrides --batch (the QLoRA peer runs 4 samples per step).
+FAST = dict(padding_free=True, compile_layers=True, optim="adamw_torch_fused")
+LIGER_LOSS_ONLY = dict(use_liger_kernel=True, liger_kernel_config={
+    "rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False, "fused_linear_cross_entropy": True})
 OURS = {
     "dojo_lora_padded": dict(padding_free=False),
     "dojo_lora_padding_free": dict(padding_free=True),
     "dojo_lora_padding_free_liger": dict(padding_free=True, use_liger_kernel=True),
+    "dojo_lora_fast": dict(FAST),
+    "dojo_lora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY),
+    "dojo_lora_fast_liger_all": dict(FAST, use_liger_kernel=True),
+    "dojo_lora_fast_liger_nockpt": dict(FAST, **LIGER_LOSS_ONLY, activation_checkpointing=False),
+    "dojo_lora_fast_nockpt": dict(FAST, activation_checkpointing=False),
+    "dojo_dora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, use_dora=True),
+    "dojo_full_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, train_mode="full", learning_rate=2e-5),
+    "dojo_lora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b"),
+    "dojo_qlora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b", train_mode="qlora", batch=4),
 }
+DEFAULT_OURS = "dojo_lora_padding_free,dojo_lora_fast,dojo_lora_fast_liger"
 
 
 def load_peer_bench(path: str):
@@ -37,56 +51,112 @@ def load_peer_bench(path: str):
     return module
 
 
+def host_profile_callback(start: int, stop: int):
+    """cProfile over the timed steps only (after compilation): where a step's host time goes."""
+    import cProfile
+    import io
+    import pstats
+
+    from transformers import TrainerCallback
+
+    class HostProfile(TrainerCallback):
+        def __init__(self):
+            self.prof = cProfile.Profile()
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == start:
+                self.prof.enable()
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop:
+                self.prof.disable()
+
+        def report(self) -> str:
+            buf = io.StringIO()
+            for key, n in (("tottime", 35), ("cumulative", 70)):
+                pstats.Stats(self.prof, stream=buf).sort_stats(key).print_stats(n)
+            return buf.getvalue()
+
+    return HostProfile()
+
+
 def run_ours(name: str, a) -> dict:
     import torch
 
     from train_args.base import TrainArgs
-    from utils.model import apply_peft
+    from utils.model import apply_peft, compile_layers
     from utils.trainer import build_trainer
 
     pb = load_peer_bench(a.peer_bench)
-    dims = pb.MODEL_DIMS[a.model]
-    total = a.warmup + a.steps
-    rows, _ = pb.make_rows(total * a.batch + 32, a.seed)
+    spec = dict(OURS[name])
+    model_key, batch = spec.pop("model", a.model), spec.pop("batch", a.batch)
+    warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
+    dims = pb.MODEL_DIMS[model_key]
+    total = warmup + steps
+    rows, _ = pb.make_rows(total * batch + 32, a.seed)
     tok = pb.build_tokenizer()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    args = TrainArgs(
-        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True, per_device_train_batch_size=a.batch,
-        gradient_accumulation_steps=1, max_steps=total, learning_rate=2e-4, lr_scheduler_type="constant",
-        warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora", lora_rank=16, lora_alpha=32,
-        lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-        seed=a.seed, data_seed=a.seed, **OURS[name])
-    model = apply_peft(pb.build_bf16_model(dims, dev), args)
-    timer = pb.make_timer_callback(a.warmup, a.steps)
-    trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None, callbacks=[timer])
+    fields = dict(
+        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True, per_device_train_batch_size=batch,
+        gradient_accumulation_steps=1, max_steps=total + a.profile_steps, learning_rate=2e-4,
+        lr_scheduler_type="constant", warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora",
+        lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, seed=a.seed, data_seed=a.seed)
+    fields.update(spec)
+    if dev == "cpu":
+        fields.pop("optim", None), fields.pop("use_liger_kernel", None), fields.pop("liger_kernel_config", None)
+    args = TrainArgs(**fields)
+    if args.train_mode == "qlora":  # peer_bench's NF4 + double-quant model, then our build_model's kbit step
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(pb.build_qlora_model(dims), use_gradient_checkpointing=bool(
+            args.activation_checkpointing), gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
+    else:
+        model = pb.build_bf16_model(dims, dev)
+    model = compile_layers(apply_peft(model, args), args)
+    timer = pb.make_timer_callback(warmup, steps, a.profile_steps)
+    host_profile = host_profile_callback(warmup, total)
+    trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,
+                            callbacks=[timer] + ([host_profile] if a.cprofile else []))
     meter = pb.Meter()
     pb.instrument(trainer, meter)
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    win = meter.values()[a.warmup:total]
+    if a.cprofile:
+        print(host_profile.report())
+    win = meter.values()[warmup:total]
     dt = timer.t1 - timer.t0
     T, S2 = sum(b["real"] for b in win), sum(b["sumsq"] for b in win)
-    n_lora = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_lora * T + 6.0 * dims["num_hidden_layers"] * \
-        dims["hidden_size"] * S2  # peer_bench's LoRA formula
+    n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    attention = 6.0 * dims["num_hidden_layers"] * dims["hidden_size"] * S2
+    if args.train_mode == "full":  # peer_bench's formulas
+        flops = 6.0 * pb.matmul_params(dims) * T + attention
+    else:
+        flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_train * T + attention
     losses = [float(x) for x in meter.losses]
-    return dict(config=name, status="ok", tokens_per_s=round(T / dt, 1), step_s=round(dt / a.steps, 4),
-                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
-                model_tflops_per_s=round(flops / dt / 1e12, 2), loss_first=round(losses[0], 4),
-                loss_last5=round(sum(losses[total - 5:total]) / 5, 4))
+    res = dict(config=name, status="ok", model=model_key, batch=batch, tokens_per_s=round(T / dt, 1),
+               step_s=round(dt / steps, 4),
+               peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
+               model_tflops_per_s=round(flops / dt / 1e12, 2), loss_first=round(losses[0], 4),
+               loss_last5=round(sum(losses[total - 5:total]) / 5, 4),
+               max_batch_tokens=max(b["padded"] for b in meter.values()), fields=spec)
+    if a.profile_steps:
+        res.update(timer.profile_summary())
+    return res
 
 
 def table(results: list[dict], ceiling_tflops: float | None) -> str:
-    lines = ["| config | tokens/s | step s | peak alloc GB | MFU | loss first -> last5 |", "|---|---|---|---|---|---|"]
+    lines = ["| config | tokens/s | step s | peak alloc GB | MFU | GPU busy | loss first -> last5 |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("status") != "ok":
-            lines.append(f"| {r['config']} | failed: {str(r.get('error'))[:80]} | | | | |")
+            lines.append(f"| {r['config']} | failed: {str(r.get('error'))[:80]} | | | | | |")
             continue
         mfu = f"{100 * r['model_tflops_per_s'] / ceiling_tflops:.1f}%" if ceiling_tflops else "-"
+        busy = f"{100 * r['gpu_busy_fraction']:.0f}%" if r.get("gpu_busy_fraction") is not None else "-"
         lines.append(f"| {r['config']} | {r['tokens_per_s']:.0f} | {r['step_s']} | {r.get('peak_alloc_gb')} | {mfu} "
-                     f"| {r.get('loss_first')} -> {r.get('loss_last5')} |")
+                     f"| {busy} | {r.get('loss_first')} -> {r.get('loss_last5')} |")
     return "\n".join(lines)
 
 
@@ -95,11 +165,17 @@ def main():
     p.add_argument("--out", default="bench_out")
     p.add_argument("--peer_bench", default=str(REPO.parent / "shared" / "bench" / "peer_bench.py"))
     p.add_argument("--model", default="0.5b", help="peer_bench MODEL_DIMS key (tiny for a CPU plumbing test)")
-    p.add_argument("--ours", default=",".join(OURS), help="comma list of our configs")
-    p.add_argument("--peers", default="hf_lora,trl_lora_packed", help="peer_bench configs ('' for none)")
+    p.add_argument("--ours", default=DEFAULT_OURS, help=f"comma list of our configs, from: {', '.join(OURS)}")
+    p.add_argument("--peers", default="hf_lora,trl_lora_packed",
+                   help="peer_bench configs ('' for none); NAME:7b runs that peer on the 7b dims")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch", type=int, default=8, help="samples per optimizer step, as the peers")
+    p.add_argument("--warmup_7b", type=int, default=3, help="as peer_bench's --warmup-7b")
+    p.add_argument("--steps_7b", type=int, default=12, help="as peer_bench's --steps-7b")
+    p.add_argument("--profile_steps", type=int, default=0, help="extra steps under torch.profiler (GPU busy)")
+    p.add_argument("--cprofile", action="store_true", help="run our rows under cProfile (slower; for diagnosis)")
+    p.add_argument("--deadline_s", type=float, default=560, help="wall budget; the peers get what is left")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -112,24 +188,38 @@ def main():
             res = dict(config=a.worker, status="failed", error=repr(err))
         print("RESULT_JSON " + json.dumps(res), flush=True)
         return
-    results = []
+    results, started = [], time.time()
     for name in filter(None, a.ours.split(",")):
         t0 = time.time()
-        proc = subprocess.run([sys.executable, __file__, "--worker", name, *sys.argv[1:]], capture_output=True,
-                              text=True)
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", name, *sys.argv[1:]], capture_output=True,
+                                  text=True, timeout=max(30.0, a.deadline_s - (time.time() - started)))
+        except subprocess.TimeoutExpired as err:
+            stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+            proc = subprocess.CompletedProcess(err.cmd, -9, stdout, f"timeout after {err.timeout:.0f} s")
         (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT_JSON ")]
         results.append(json.loads(line[-1][12:]) if line else dict(config=name, status="failed",
                                                                    error=proc.stderr[-300:]))
         print(f"{name}: {results[-1].get('tokens_per_s')} tokens/s ({time.time() - t0:.0f} s)", flush=True)
-    ceiling = None
-    if a.peers:
-        subprocess.run([sys.executable, a.peer_bench, "--out", str(out / "peers"), "--configs", a.peers,
-                        "--steps", str(a.steps), "--warmup", str(a.warmup)], check=False)
-        peers = json.loads((out / "peers" / "peer_results.json").read_text())["results"]
-        ceiling = next((r.get("tflops_median") for r in peers if r.get("config") == "matmul_bf16"), None)
-        results = [dict(r, config="peer: " + r["config"]) for r in peers
-                   if r.get("config") not in ("env", "matmul_bf16")] + results
+    ceiling, peer_rows, groups = None, [], {}
+    for entry in filter(None, a.peers.split(",")):  # "trl_lora_packed:7b" = that peer on peer_bench's 7b dims
+        config, _, dims = entry.partition(":")
+        groups.setdefault(dims, []).append(config)
+    for i, (dims, configs) in enumerate(groups.items()):
+        folder = out / f"peers{'_' + dims if dims else ''}"
+        left = a.deadline_s - (time.time() - started)
+        subprocess.run([sys.executable, a.peer_bench, "--out", str(folder), "--configs", ",".join(configs),
+                        "--steps", str(a.steps), "--warmup", str(a.warmup), "--steps-7b", str(a.steps_7b),
+                        "--warmup-7b", str(a.warmup_7b), "--profile-steps", str(a.profile_steps),
+                        "--deadline-s", str(max(left, 60)), *(["--model-override", dims, "--tag", "_" + dims]
+                                                              if dims else []), *([] if i == 0 else ["--no-matmul"])],
+                       check=False)
+        found = json.loads((folder / "peer_results.json").read_text())["results"]
+        ceiling = ceiling or next((r.get("tflops_median") for r in found if r.get("config") == "matmul_bf16"), None)
+        peer_rows += [dict(r, config="peer: " + r["config"]) for r in found
+                      if r.get("config") not in ("env", "matmul_bf16")]
+    results = peer_rows + results
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(table(results, ceiling))
 

@@ -302,21 +302,21 @@ def main(argv=None) -> dict:
         lr = get_lr(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for _ in range(args.grad_accum_steps):
             x, y = (t.to(device, non_blocking=True) for t in loader.next_batch())
             with autocast:
                 loss = step_model(input_ids=x, shift_labels=y, use_cache=False).loss
             (loss / args.grad_accum_steps).backward()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()  # no .item() here: a host sync per micro-batch stalls the GPU queue
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         tokens_seen += tokens_per_step
         bar.update(1)
-        train_loss = loss_sum / args.grad_accum_steps
         if step % args.log_every == 0 or step == args.max_steps:
+            train_loss = loss_sum.item() / args.grad_accum_steps
             dt = time.perf_counter() - t0
             tps = tokens_seen / dt
             mfu = tps * fpt / (args.peak_tflops * 1e12)
@@ -329,7 +329,7 @@ def main(argv=None) -> dict:
             val_loss = evaluate(step_model, val_tokens, args, device, autocast) if len(val_tokens) else float("nan")
             log({"step": step, "val_loss": val_loss})
             last["val_loss"] = val_loss
-            tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+            tqdm.write(f"step {step}: train loss {loss_sum.item() / args.grad_accum_steps:.4f}, val loss {val_loss:.4f}")
             plot_curves(log_path, out / "loss_curve.png")
             t0, tokens_seen = time.perf_counter(), 0  # do not count evaluation time in tokens/s
         if step % args.save_every == 0 or step == args.max_steps:

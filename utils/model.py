@@ -73,6 +73,25 @@ def apply_peft(model, args):
     return get_peft_model(model, build_peft_config(args))
 
 
+def compile_layers(model, args):
+    """torch.compile each decoder layer in place (`module.compile()` keeps state_dict keys unchanged).
+
+    Per layer rather than whole-model: the layers are identical, so dynamo compiles one graph and reuses it for
+    all of them (parameters are graph inputs), the model's Python around the layers (masks, loss) stays eager,
+    and activation checkpointing still wraps each layer. Done after peft so the adapters are inside the graph."""
+    if not args.compile_layers:
+        return model
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise ValueError(f"compile_layers: {type(model).__name__} has no decoder layers to compile")
+    # Each layer object is a separate guard target; allow one cache entry per layer before dynamo gives up.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return model
+
+
 def build_optimizer(model, args):
     """LoRA+ parameter groups (B at ratio x the learning rate of A) through peft; None lets the Trainer build AdamW."""
     if not args.loraplus_lr_ratio:
