@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 # name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers; "model" picks
 # peer_bench's MODEL_DIMS and "batch" overrides --batch (the QLoRA peer runs 4 samples per step).
-FAST = dict(padding_free=True, compile_layers=True, optim="adamw_torch_fused")
+FAST = dict(padding_free=True, compile_scope="stack", optim="adamw_torch_fused")
 LIGER_LOSS_ONLY = dict(use_liger_kernel=True, liger_kernel_config={
     "rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False, "fused_linear_cross_entropy": True})
 OURS = {
@@ -33,6 +33,7 @@ OURS = {
     "dojo_lora_padding_free_liger": dict(padding_free=True, use_liger_kernel=True),
     "dojo_lora_fast": dict(FAST),
     "dojo_lora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY),
+    "dojo_lora_fast_layers": dict(FAST, compile_scope="layers"),
     "dojo_lora_fast_liger_all": dict(FAST, use_liger_kernel=True),
     "dojo_lora_fast_liger_nockpt": dict(FAST, **LIGER_LOSS_ONLY, activation_checkpointing=False),
     "dojo_lora_fast_nockpt": dict(FAST, activation_checkpointing=False),
@@ -84,7 +85,8 @@ def run_ours(name: str, a) -> dict:
     import torch
 
     from train_args.base import TrainArgs
-    from utils.model import apply_peft, compile_layers
+    from utils.memory import estimate_peak, meta_model
+    from utils.model import apply_peft, compile_model
     from utils.trainer import build_trainer
 
     pb = load_peer_bench(a.peer_bench)
@@ -112,7 +114,7 @@ def run_ours(name: str, a) -> dict:
             args.activation_checkpointing), gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     else:
         model = pb.build_bf16_model(dims, dev)
-    model = compile_layers(apply_peft(model, args), args)
+    model = compile_model(apply_peft(model, args), args)
     timer = pb.make_timer_callback(warmup, steps, a.profile_steps)
     host_profile = host_profile_callback(warmup, total)
     trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,
@@ -135,27 +137,33 @@ def run_ours(name: str, a) -> dict:
     else:
         flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_train * T + attention
     losses = [float(x) for x in meter.losses]
+    worst = max(meter.values(), key=lambda b: b["padded"])  # the step with the most tokens fed
+    rows_fed = 1 if args.padding_free else batch
+    predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, worst["padded"],
+                              worst["padded"] // rows_fed, rows_fed)
     res = dict(config=name, status="ok", model=model_key, batch=batch, tokens_per_s=round(T / dt, 1),
                step_s=round(dt / steps, 4),
                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
                model_tflops_per_s=round(flops / dt / 1e12, 2), loss_first=round(losses[0], 4),
                loss_last5=round(sum(losses[total - 5:total]) / 5, 4),
-               max_batch_tokens=max(b["padded"] for b in meter.values()), fields=spec)
+               max_batch_tokens=worst["padded"], predicted_peak_gb=round(predicted["total"], 3),
+               predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=spec)
     if a.profile_steps:
         res.update(timer.profile_summary())
     return res
 
 
 def table(results: list[dict], ceiling_tflops: float | None) -> str:
-    lines = ["| config | tokens/s | step s | peak alloc GB | MFU | GPU busy | loss first -> last5 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| config | tokens/s | step s | peak alloc GB | predicted GB | MFU | GPU busy | loss first -> last5 |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.get("status") != "ok":
-            lines.append(f"| {r['config']} | failed: {str(r.get('error'))[:80]} | | | | | |")
+            lines.append(f"| {r['config']} | failed: {str(r.get('error'))[:80]} | | | | | | |")
             continue
         mfu = f"{100 * r['model_tflops_per_s'] / ceiling_tflops:.1f}%" if ceiling_tflops else "-"
         busy = f"{100 * r['gpu_busy_fraction']:.0f}%" if r.get("gpu_busy_fraction") is not None else "-"
-        lines.append(f"| {r['config']} | {r['tokens_per_s']:.0f} | {r['step_s']} | {r.get('peak_alloc_gb')} | {mfu} "
+        lines.append(f"| {r['config']} | {r['tokens_per_s']:.0f} | {r['step_s']} | {r.get('peak_alloc_gb')} "
+                     f"| {r.get('predicted_peak_gb', '-')} | {mfu} "
                      f"| {busy} | {r.get('loss_first')} -> {r.get('loss_last5')} |")
     return "\n".join(lines)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,17 @@ def test_samples_without_supervised_tokens_are_dropped_and_counted(tiny_model, t
     main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen",
                                "--dry_run", "true"))
     assert "dropped 3 of 11: no assistant tokens left after truncation to 64" in capsys.readouterr().out
+
+
+def test_dry_run_predicts_peak_memory_without_loading_weights(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    assert main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen",
+                                      "--dry_run", "true")) is None
+    out = capsys.readouterr().out
+    assert re.search(r"predicted peak GPU memory \d+\.\d+ GB for the largest micro-batch", out)
+    for part in ("weights", "optimizer", "activations", "workspace"):
+        assert part in out
+    assert not (tmp_path / "o").exists()
 
 
 def test_all_samples_unsupervised_refuses_to_train(tiny_model, tmp_path):

@@ -73,22 +73,28 @@ def apply_peft(model, args):
     return get_peft_model(model, build_peft_config(args))
 
 
-def compile_layers(model, args):
-    """torch.compile each decoder layer in place (`module.compile()` keeps state_dict keys unchanged).
+def compile_model(model, args):
+    """torch.compile the decoder in place (`module.compile()` keeps state_dict keys, so saving is unchanged).
 
-    Per layer rather than whole-model: the layers are identical, so dynamo compiles one graph and reuses it for
-    all of them (parameters are graph inputs), the model's Python around the layers (masks, loss) stays eager,
-    and activation checkpointing still wraps each layer. Done after peft so the adapters are inside the graph."""
-    if not args.compile_layers:
+    After peft, so the adapters are inside the graph. The LM head and the loss stay eager: a fused
+    linear + cross-entropy (use_liger_kernel) replaces them, and full-vocabulary logits do not belong in a graph.
+    "stack" is one graph call per step: at 0.5B a step is host-bound, and per-layer calls (guards and autograd
+    wrappers, 24 times forward and backward) cost host time the GPU waits on. "layers" compiles each decoder
+    layer; the layers are identical, so dynamo traces one graph and reuses it (parameters are graph inputs)."""
+    if args.compile_scope == "off":
         return model
-    from transformers.modeling_layers import GradientCheckpointingLayer
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    if not layers:
-        raise ValueError(f"compile_layers: {type(model).__name__} has no decoder layers to compile")
-    # Each layer object is a separate guard target; allow one cache entry per layer before dynamo gives up.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
-    for layer in layers:
-        layer.compile(dynamic=True)
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft's wrapper
+    if args.compile_scope == "stack":
+        targets = [root.base_model] if root.base_model is not root else []
+    else:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+        targets = [m for m in root.modules() if isinstance(m, GradientCheckpointingLayer)]
+        # Each layer object is its own guard target: one cache entry per layer before dynamo gives up.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(targets))
+    if not targets:
+        raise ValueError(f"compile_scope {args.compile_scope}: found nothing to compile in {type(root).__name__}")
+    for module in targets:
+        module.compile(dynamic=True)
     return model
 
 

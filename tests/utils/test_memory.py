@@ -1,0 +1,90 @@
+"""The memory estimate: its parts respond to each switch the way the allocations do, and on a GPU it lands within
+15% of the measured peak (the bench rows check the same on the real 0.5B/7B shapes)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from train_args.base import TrainArgs
+from utils.memory import estimate_peak, meta_model, worst_batch_tokens
+
+
+def _config(vocab=32000, layers=4):
+    return transformers.Qwen2Config(vocab_size=vocab, hidden_size=256, intermediate_size=768, num_hidden_layers=layers,
+                                    num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True)
+
+
+def _estimate(tokens=2048, rows=1, row_len=2048, vocab=32000, **fields):
+    base = dict(output_dir="unused", use_cpu=True, torch_dtype="bfloat16", lora_dropout=0.0, report_to="none",
+                gradient_accumulation_steps=1, padding_free=rows == 1)
+    args = TrainArgs(**{**base, **fields})
+    return estimate_peak(meta_model(args, _config(vocab)), args, tokens, row_len, rows)
+
+
+def test_parts_add_up_to_the_total():
+    parts = _estimate()
+    assert parts["total"] == pytest.approx(sum(v for k, v in parts.items() if k != "total"))
+
+
+def test_fused_loss_removes_the_full_vocabulary_logits():
+    plain, fused = _estimate(), _estimate(use_liger_kernel=True)
+    logits_gb = 2048 * 32000 * 12 / 1e9
+    assert plain["loss_or_layer"] == pytest.approx(logits_gb)
+    assert fused["total"] < plain["total"] - 0.9 * logits_gb
+
+
+def test_full_finetuning_pays_for_gradients_and_two_adam_moments():
+    lora, full = _estimate(use_liger_kernel=True), _estimate(train_mode="full", use_liger_kernel=True)
+    weights = sum(p.numel() for p in meta_model(TrainArgs(output_dir="x", use_cpu=True, torch_dtype="bfloat16",
+                                                         train_mode="full"), _config()).parameters()) * 2 / 1e9
+    assert full["optimizer"] == pytest.approx(2 * weights)
+    assert full["gradients"] == pytest.approx(weights)
+    assert lora["optimizer"] < 0.1 * full["optimizer"]
+
+
+def test_qlora_stores_decoder_weights_in_four_bits():
+    lora, qlora = _estimate(vocab=512), _estimate(vocab=512, train_mode="qlora")
+    assert qlora["weights"] < 0.5 * lora["weights"]  # 4.5 of 16 bits per decoder weight; fp32 embeddings, adapters
+
+
+def test_checkpointing_keeps_only_layer_inputs():
+    on, off = _estimate(use_liger_kernel=True), _estimate(use_liger_kernel=True, activation_checkpointing=False)
+    assert off["activations"] > 4 * on["activations"]
+
+
+def test_padded_batch_is_sized_by_its_longest_sample():
+    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300)
+    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fields", [dict(), dict(use_liger_kernel=True), dict(train_mode="full")])
+def test_estimate_within_15_percent_of_measured_peak(fields):
+    from utils.model import apply_peft
+    from utils.trainer import PaddingFreeCollator
+    pytest.importorskip("liger_kernel") if fields.get("use_liger_kernel") else None
+    args = TrainArgs(output_dir="unused", bf16=True, lora_dropout=0.0, report_to="none", padding_free=True,
+                     gradient_accumulation_steps=1, **fields)
+    config = _config(vocab=151936, layers=8)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    if args.use_liger_kernel:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=False, swiglu=False)
+    model = apply_peft(model, args)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    feats = [{"input_ids": (ids := torch.randint(0, 151000, (n,)).tolist()), "labels": ids} for n in (900, 700, 400)]
+    batch = {k: v.cuda() for k, v in PaddingFreeCollator()(feats).items()}
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    measured = torch.cuda.max_memory_allocated() / 1e9
+    predicted = estimate_peak(meta_model(args, config), args, 2000, 2000, 1)["total"]
+    assert abs(predicted - measured) / measured < 0.15, (predicted, measured)

@@ -1,0 +1,137 @@
+"""Peak GPU memory of a training step, predicted before anything is loaded (`main_train.py --dry_run`).
+
+The model is built on the meta device (shapes only, no weights, no download beyond the config), the adapters are
+attached as the run would, and the peak is summed from parts a learner can reason about:
+
+    weights      frozen + trainable parameters in their dtype (4-bit NF4 + absmax constants for QLoRA layers)
+    gradients    one per trainable parameter, in its dtype
+    optimizer    AdamW's two moments per trainable parameter (same dtype; 8-bit optimizers: 1 byte each)
+    activations  with checkpointing: every layer's input kept + one layer recomputed during its backward;
+                 without: every layer's saved tensors. Plus the attention mask for packed or padded rows.
+    logits/loss  the full-vocabulary logits: bf16 logits, their fp32 copy, fp32 log-softmax and its gradient
+                 (LOGIT_BYTES per logit); a fused linear + cross-entropy (liger) never holds them.
+    workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_FRACTION of the rest.
+
+The per-token constants were measured on an H100 (bench/README.md compares prediction and peak for every bench
+row); they describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama, Yi, Mistral, Gemma, Phi-3).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+GB = 1e9
+LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
+WORKSPACE_FRACTION = 0.01
+WORKSPACE_MIN = 0.4 * GB
+EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
+
+
+def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool) -> tuple[int, int]:
+    """(tokens fed, tokens per row) of the largest micro-batch the data can form: the batch_size longest samples,
+    packed into one row, or padded to the longest sample."""
+    longest = sorted(lengths, reverse=True)[:batch_size]
+    if padding_free:
+        return sum(longest), sum(longest)
+    return len(longest) * longest[0], longest[0]
+
+
+def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
+    """Tensors one decoder layer saves for its backward, per token: the inputs of the two norms (fp32 upcast
+    included), q/k/v and the attention output, and the MLP's gate, up, activation and product."""
+    h, inter = config.hidden_size, config.intermediate_size
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    q, kv = heads * head_dim, config.num_key_value_heads * head_dim
+    per_token = dtype_bytes * (4 * h + 2 * q + 2 * kv + 4 * inter) + 4 * 2 * h  # + fp32 norm statistics
+    return tokens * per_token
+
+
+def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
+    """(frozen bytes, trainable bytes, trainable count) of a meta model. Under QLoRA the decoder's linear weights
+    are NF4: half a byte per weight plus one byte per 64-weight block (double-quantized absmax constants), and
+    peft's prepare_model_for_kbit_training keeps every other frozen tensor (embeddings, head, norms) in fp32."""
+    frozen = trainable_bytes = trainable_count = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            trainable_bytes += p.numel() * p.element_size()
+            trainable_count += p.numel()
+        elif quantized_4bit and p.dim() == 2 and "lm_head" not in name and "embed" not in name:
+            frozen += p.numel() // 2 + math.ceil(p.numel() / 64)
+        else:
+            frozen += p.numel() * (4 if quantized_4bit else p.element_size())
+    return frozen, trainable_bytes, trainable_count
+
+
+def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str, float]:
+    """Predicted peak allocated memory of a training step, by part (GB), for a micro-batch of `rows` rows of
+    `row_len` tokens (`tokens` = rows * row_len padded, or the packed total).
+
+    The peak is the larger of two moments. At the loss: weights, optimizer states, the checkpointed layer inputs
+    and the loss's own tensors (gradients exist then only when accumulating). At the end of the backward: weights,
+    optimizer states, all gradients, and the layer being recomputed and differentiated."""
+    config = model.config
+    frozen, trainable_bytes, trainable_count = parameter_bytes(model, args.train_mode == "qlora")
+    optim = str(getattr(args.optim, "value", args.optim))
+    optimizer = 2 * (trainable_count * EIGHT_BIT_OPTIMIZERS[optim] if optim in EIGHT_BIT_OPTIMIZERS
+                     else trainable_bytes)
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    one_layer = layer_activation_bytes(config, tokens)
+    if getattr(args, "use_dora", False):  # DoRA keeps each adapted linear's base output (bf16 + fp32 rescale)
+        out_features = sum(m.out_features for n, m in model.named_modules()
+                           if n.endswith("base_layer") and hasattr(m, "out_features"))
+        one_layer += 6 * tokens * out_features // layers
+    mask = rows * row_len * row_len  # the boolean attention mask (block-diagonal when packed)
+    kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
+    if getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, fp32 head grad if trained
+        head = model.get_output_embeddings().weight
+        loss = tokens * hidden * 4 + (head.numel() * 4 if head.requires_grad else 0)
+    else:
+        loss = tokens * config.vocab_size * LOGIT_BYTES
+    grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 else 0
+    at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
+    at_backward_end = dict(gradients=trainable_bytes, activations=mask,
+                           loss_or_layer=one_layer if args.activation_checkpointing else 0)
+    phase = max((at_loss, at_backward_end), key=lambda d: sum(d.values()))
+    parts = {"weights": frozen + trainable_bytes, "optimizer": optimizer, **phase}
+    parts["workspace"] = WORKSPACE_MIN + WORKSPACE_FRACTION * sum(parts.values())
+    parts = {k: v / GB for k, v in parts.items()}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def meta_model(args, config=None, vocab_size: int | None = None):
+    """The run's model with its adapters, on the meta device: real shapes and dtypes, no memory, no weights.
+    config: a model config to use instead of args.model_name_or_path's (bench rows build from peer dimensions)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import etude_model
+    from utils.model import apply_peft, resolve_dtype
+    if config is None and args.model_name_or_path in etude_model.PRESETS:
+        config = etude_model.make_config(args.model_name_or_path,
+                                         vocab_size=etude_model.padded_vocab_size(vocab_size or 50257))
+    elif config is None:
+        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(args),
+                                                 trust_remote_code=args.trust_remote_code)
+        if vocab_size and vocab_size > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)
+        if args.train_mode == "qlora":
+            model.requires_grad_(False)
+        return apply_peft(model, args)
+
+
+def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
+    """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
+    tokens, row_len = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free)
+    rows = 1 if args.padding_free else min(args.per_device_train_batch_size, len(lengths))
+    parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
+    return format_estimate(parts, tokens, rows)
+
+
+def format_estimate(parts: dict[str, float], tokens: int, rows: int) -> str:
+    body = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
+    return (f"predicted peak GPU memory {parts['total']:.2f} GB for the largest micro-batch ({rows} rows, {tokens:,} "
+            f"tokens): {body} (GB)")
