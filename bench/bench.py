@@ -168,6 +168,46 @@ def table(results: list[dict], ceiling_tflops: float | None) -> str:
     return "\n".join(lines)
 
 
+def run_our_rows(a, out: Path, started: float) -> list[dict]:
+    """Each of our rows in its own worker process (clean CUDA memory statistics), within the deadline."""
+    results = []
+    for name in filter(None, a.ours.split(",")):
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--worker", name, *sys.argv[1:]], capture_output=True,
+                                  text=True, timeout=max(30.0, a.deadline_s - (time.time() - started)))
+        except subprocess.TimeoutExpired as err:
+            stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
+            proc = subprocess.CompletedProcess(err.cmd, -9, stdout, f"timeout after {err.timeout:.0f} s")
+        (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT_JSON ")]
+        results.append(json.loads(line[-1][12:]) if line else dict(config=name, status="failed",
+                                                                   error=proc.stderr[-300:]))
+        print(f"{name}: {results[-1].get('tokens_per_s')} tokens/s ({time.time() - t0:.0f} s)", flush=True)
+    return results
+
+
+def run_peer_rows(a, out: Path, started: float) -> tuple[list[dict], float | None]:
+    """peer_bench.py's own orchestrator, once per model size; returns its rows and the measured matmul ceiling."""
+    rows, ceiling, groups = [], None, {}
+    for entry in filter(None, a.peers.split(",")):  # "trl_lora_packed:7b" = that peer on peer_bench's 7b dims
+        config, _, dims = entry.partition(":")
+        groups.setdefault(dims, []).append(config)
+    for i, (dims, configs) in enumerate(groups.items()):
+        folder = out / f"peers{'_' + dims if dims else ''}"
+        left = a.deadline_s - (time.time() - started)
+        subprocess.run([sys.executable, a.peer_bench, "--out", str(folder), "--configs", ",".join(configs),
+                        "--steps", str(a.steps), "--warmup", str(a.warmup), "--steps-7b", str(a.steps_7b),
+                        "--warmup-7b", str(a.warmup_7b), "--profile-steps", str(a.profile_steps),
+                        "--deadline-s", str(max(left, 60)),
+                        *(["--model-override", dims, "--tag", "_" + dims] if dims else []),
+                        *([] if i == 0 else ["--no-matmul"])], check=False)
+        found = json.loads((folder / "peer_results.json").read_text())["results"]
+        ceiling = ceiling or next((r.get("tflops_median") for r in found if r.get("config") == "matmul_bf16"), None)
+        rows += [dict(r, config="peer: " + r["config"]) for r in found if r.get("config") not in ("env", "matmul", "matmul_bf16")]
+    return rows, ceiling
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="bench_out")
@@ -182,6 +222,7 @@ def main():
     p.add_argument("--warmup_7b", type=int, default=3, help="as peer_bench's --warmup-7b")
     p.add_argument("--steps_7b", type=int, default=12, help="as peer_bench's --steps-7b")
     p.add_argument("--profile_steps", type=int, default=0, help="extra steps under torch.profiler (GPU busy)")
+    p.add_argument("--peers_first", action="store_true", help="run the peers before our rows")
     p.add_argument("--cprofile", action="store_true", help="run our rows under cProfile (slower; for diagnosis)")
     p.add_argument("--deadline_s", type=float, default=560, help="wall budget; the peers get what is left")
     p.add_argument("--seed", type=int, default=0)
@@ -196,37 +237,12 @@ def main():
             res = dict(config=a.worker, status="failed", error=repr(err))
         print("RESULT_JSON " + json.dumps(res), flush=True)
         return
-    results, started = [], time.time()
-    for name in filter(None, a.ours.split(",")):
-        t0 = time.time()
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--worker", name, *sys.argv[1:]], capture_output=True,
-                                  text=True, timeout=max(30.0, a.deadline_s - (time.time() - started)))
-        except subprocess.TimeoutExpired as err:
-            stdout = err.stdout.decode() if isinstance(err.stdout, bytes) else (err.stdout or "")
-            proc = subprocess.CompletedProcess(err.cmd, -9, stdout, f"timeout after {err.timeout:.0f} s")
-        (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT_JSON ")]
-        results.append(json.loads(line[-1][12:]) if line else dict(config=name, status="failed",
-                                                                   error=proc.stderr[-300:]))
-        print(f"{name}: {results[-1].get('tokens_per_s')} tokens/s ({time.time() - t0:.0f} s)", flush=True)
-    ceiling, peer_rows, groups = None, [], {}
-    for entry in filter(None, a.peers.split(",")):  # "trl_lora_packed:7b" = that peer on peer_bench's 7b dims
-        config, _, dims = entry.partition(":")
-        groups.setdefault(dims, []).append(config)
-    for i, (dims, configs) in enumerate(groups.items()):
-        folder = out / f"peers{'_' + dims if dims else ''}"
-        left = a.deadline_s - (time.time() - started)
-        subprocess.run([sys.executable, a.peer_bench, "--out", str(folder), "--configs", ",".join(configs),
-                        "--steps", str(a.steps), "--warmup", str(a.warmup), "--steps-7b", str(a.steps_7b),
-                        "--warmup-7b", str(a.warmup_7b), "--profile-steps", str(a.profile_steps),
-                        "--deadline-s", str(max(left, 60)), *(["--model-override", dims, "--tag", "_" + dims]
-                                                              if dims else []), *([] if i == 0 else ["--no-matmul"])],
-                       check=False)
-        found = json.loads((folder / "peer_results.json").read_text())["results"]
-        ceiling = ceiling or next((r.get("tflops_median") for r in found if r.get("config") == "matmul_bf16"), None)
-        peer_rows += [dict(r, config="peer: " + r["config"]) for r in found
-                      if r.get("config") not in ("env", "matmul_bf16")]
+    started, results, peer_rows, ceiling = time.time(), [], [], None
+    for side in (("peers", "ours") if a.peers_first else ("ours", "peers")):
+        if side == "ours":
+            results = run_our_rows(a, out, started)
+        else:
+            peer_rows, ceiling = run_peer_rows(a, out, started)
     results = peer_rows + results
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(table(results, ceiling))
