@@ -9,7 +9,7 @@ from pathlib import Path
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run
-from utils.model import apply_peft, build_model, build_optimizer, compile_model, count_parameters
+from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.tokenizer import build_tokenizer
@@ -54,7 +54,7 @@ def main(argv=None):
         (Path(args.output_dir) / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
 
     model = build_model(args, vocab_size=len(tokenizer))
-    model = compile_model(apply_peft(model, args), args)
+    model = compile_layers(apply_peft(model, args), args)
     trainable, total = count_parameters(model)
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
         f"parameters ({100 * trainable / total:.2f}%)")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 # name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers; "model" picks
 # peer_bench's MODEL_DIMS and "batch" overrides --batch (the QLoRA peer runs 4 samples per step).
-FAST = dict(padding_free=True, compile_scope="stack", optim="adamw_torch_fused")
+FAST = dict(padding_free=True, compile_layers=True, optim="adamw_torch_fused")
 LIGER_LOSS_ONLY = dict(use_liger_kernel=True, liger_kernel_config={
     "rope": False, "rms_norm": False, "swiglu": False, "cross_entropy": False, "fused_linear_cross_entropy": True})
 OURS = {
@@ -33,7 +33,6 @@ OURS = {
     "dojo_lora_padding_free_liger": dict(padding_free=True, use_liger_kernel=True),
     "dojo_lora_fast": dict(FAST),
     "dojo_lora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY),
-    "dojo_lora_fast_layers": dict(FAST, compile_scope="layers"),
     "dojo_lora_fast_liger_all": dict(FAST, use_liger_kernel=True),
     "dojo_lora_fast_liger_nockpt": dict(FAST, **LIGER_LOSS_ONLY, activation_checkpointing=False),
     "dojo_lora_fast_nockpt": dict(FAST, activation_checkpointing=False),
@@ -86,7 +85,7 @@ def run_ours(name: str, a) -> dict:
 
     from train_args.base import TrainArgs
     from utils.memory import estimate_peak, meta_model
-    from utils.model import apply_peft, compile_model
+    from utils.model import apply_peft, compile_layers
     from utils.trainer import build_trainer
 
     pb = load_peer_bench(a.peer_bench)
@@ -114,7 +113,7 @@ def run_ours(name: str, a) -> dict:
             args.activation_checkpointing), gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
     else:
         model = pb.build_bf16_model(dims, dev)
-    model = compile_model(apply_peft(model, args), args)
+    model = compile_layers(apply_peft(model, args), args)
     timer = pb.make_timer_callback(warmup, steps, a.profile_steps)
     host_profile = host_profile_callback(warmup, total)
     trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,

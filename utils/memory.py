@@ -24,7 +24,7 @@ import torch
 GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
 WORKSPACE_FRACTION = 0.01
-WORKSPACE_MIN = 0.4 * GB
+WORKSPACE_MIN = 0.15 * GB
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 
 
@@ -84,9 +84,9 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         one_layer += 6 * tokens * out_features // layers
     mask = rows * row_len * row_len  # the boolean attention mask (block-diagonal when packed)
     kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
-    if getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, fp32 head grad if trained
-        head = model.get_output_embeddings().weight
-        loss = tokens * hidden * 4 + (head.numel() * 4 if head.requires_grad else 0)
+    if getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
+        head = model.get_output_embeddings().weight  # and the fp32 head gradient when the head is trained
+        loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
     else:
         loss = tokens * config.vocab_size * LOGIT_BYTES
     grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 else 0
