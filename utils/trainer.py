@@ -131,8 +131,9 @@ class DojoTrainer(Trainer):
     """The HF Trainer minus two walks over every parameter of the model on every step.
 
     With LoRA, a 0.5B Qwen has ~16k modules. The Trainer counts all parameters for its FLOP log and hands all of
-    them to gradient clipping at each step; on the H100 these walks took ~40 ms of host time per step while the
-    GPU work of the step was ~75 ms (bench/README.md). Both are done once here, with the same results."""
+    them to gradient clipping at each step; a cProfile of the timed steps on the H100 put ~40 ms per step in
+    these walks, while the GPU work of the step was ~75 ms (bench/README.md). Both are done once here, with the
+    same results (tests/utils/test_trainer.py)."""
 
     _params_no_embedding = None
     _trainable = None
