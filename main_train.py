@@ -34,7 +34,12 @@ def score(model, tokenizer, template_name, conversations, when: str):
 def main(argv=None):
     """Run one training job; returns the Trainer (tests inspect its model and log)."""
     args = parse_args(argv)
-    check_output_dir(args)
+    try:
+        check_output_dir(args)
+    except FileExistsError as err:
+        if not args.dry_run:
+            raise
+        log(f"note (a real run would stop here): {err}")  # a dry run writes nothing, so it goes on
     resume = resolve_resume(args)
 
     tokenizer, template_name, template_reason = build_tokenizer(args)

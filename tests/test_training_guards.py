@@ -84,6 +84,15 @@ def test_dry_run_predicts_peak_memory_without_loading_weights(tiny_model, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_on_a_used_output_dir_warns_and_touches_nothing(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("earlier results")
+    main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true"))
+    assert "a real run would stop here" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
+
+
 def test_all_samples_unsupervised_refuses_to_train(tiny_model, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "x " * 200, "output": "a"}] * 4)
     with pytest.raises(DataError, match="no usable samples"):
