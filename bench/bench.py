@@ -36,7 +36,8 @@ OURS = {
     "dojo_lora_fast_liger_all": dict(FAST, use_liger_kernel=True),
     "dojo_lora_fast_liger_nockpt": dict(FAST, **LIGER_LOSS_ONLY, activation_checkpointing=False),
     "dojo_lora_fast_nockpt": dict(FAST, activation_checkpointing=False),
-    "dojo_dora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, use_dora=True),
+    # compile_layers refuses DoRA under checkpointing (peft's DoRA breaks the graph): padding-free + liger only
+    "dojo_dora_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, use_dora=True, compile_layers=False),
     "dojo_full_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b"),
     "dojo_qlora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b", train_mode="qlora", batch=4),
@@ -85,7 +86,7 @@ def run_ours(name: str, a) -> dict:
 
     from train_args.base import TrainArgs
     from utils.memory import estimate_peak, meta_model
-    from utils.model import apply_peft, compile_layers
+    from utils.model import apply_peft, compile_layers, prepare_quantized
     from utils.trainer import build_trainer
 
     pb = load_peer_bench(a.peer_bench)
@@ -104,29 +105,27 @@ def run_ours(name: str, a) -> dict:
         lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, seed=a.seed, data_seed=a.seed)
     fields.update(spec)
-    if dev == "cpu":
-        fields.pop("optim", None), fields.pop("use_liger_kernel", None), fields.pop("liger_kernel_config", None)
+    if dev == "cpu":  # CUDA-only switches
+        for key in ("optim", "use_liger_kernel", "liger_kernel_config"):
+            fields.pop(key, None)
     args = TrainArgs(**fields)
-    if args.train_mode == "qlora":  # peer_bench's NF4 + double-quant model, then our build_model's kbit step
-        from peft import prepare_model_for_kbit_training
-        model = prepare_model_for_kbit_training(pb.build_qlora_model(dims), use_gradient_checkpointing=bool(
-            args.activation_checkpointing), gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
-    else:
-        model = pb.build_bf16_model(dims, dev)
-    model = compile_layers(apply_peft(model, args), args)
+    # peer_bench's random model (NF4 + double quant for QLoRA), then our build_model's QLoRA step
+    model = pb.build_qlora_model(dims) if args.train_mode == "qlora" else pb.build_bf16_model(dims, dev)
+    model = compile_layers(apply_peft(prepare_quantized(model, args), args), args)
     timer = pb.make_timer_callback(warmup, steps, a.profile_steps)
-    host_profile = host_profile_callback(warmup, total)
+    host_profile = host_profile_callback(warmup, total) if a.cprofile else None
     trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,
-                            callbacks=[timer] + ([host_profile] if a.cprofile else []))
+                            callbacks=[timer] + ([host_profile] if host_profile else []))
     meter = pb.Meter()
     pb.instrument(trainer, meter)
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    if a.cprofile:
+    if host_profile:
         print(host_profile.report())
-    win = meter.values()[warmup:total]
+    batches = meter.values()
+    win = batches[warmup:total]
     dt = timer.t1 - timer.t0
     T, S2 = sum(b["real"] for b in win), sum(b["sumsq"] for b in win)
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -136,7 +135,7 @@ def run_ours(name: str, a) -> dict:
     else:
         flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_train * T + attention
     losses = [float(x) for x in meter.losses]
-    worst = max(meter.values(), key=lambda b: b["padded"])  # the step with the most tokens fed
+    worst = max(batches, key=lambda b: b["padded"])  # the step with the most tokens fed
     rows_fed = 1 if args.padding_free else batch
     predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, worst["padded"],
                               worst["padded"] // rows_fed, rows_fed)

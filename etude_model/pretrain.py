@@ -329,7 +329,8 @@ def main(argv=None) -> dict:
             val_loss = evaluate(step_model, val_tokens, args, device, autocast) if len(val_tokens) else float("nan")
             log({"step": step, "val_loss": val_loss})
             last["val_loss"] = val_loss
-            tqdm.write(f"step {step}: train loss {loss_sum.item() / args.grad_accum_steps:.4f}, val loss {val_loss:.4f}")
+            train_loss = loss_sum.item() / args.grad_accum_steps
+            tqdm.write(f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
             plot_curves(log_path, out / "loss_curve.png")
             t0, tokens_seen = time.perf_counter(), 0  # do not count evaluation time in tokens/s
         if step % args.save_every == 0 or step == args.max_steps:

@@ -76,7 +76,8 @@ class TrainArgs(TrainingArguments):
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
         "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "
-        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile."))
+        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Not for DoRA under "
+        "activation checkpointing: peft's DoRA forward does not trace, so it is refused."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------

@@ -4,16 +4,18 @@ The model is built on the meta device (shapes only, no weights, no download beyo
 attached as the run would, and the peak is summed from parts a learner can reason about:
 
     weights      frozen + trainable parameters in their dtype (4-bit NF4 + absmax constants for QLoRA layers)
-    gradients    one per trainable parameter, in its dtype
     optimizer    AdamW's two moments per trainable parameter (same dtype; 8-bit optimizers: 1 byte each)
-    activations  with checkpointing: every layer's input kept + one layer recomputed during its backward;
-                 without: every layer's saved tensors. Plus the attention mask for packed or padded rows.
-    logits/loss  the full-vocabulary logits: bf16 logits, their fp32 copy, fp32 log-softmax and its gradient
-                 (LOGIT_BYTES per logit); a fused linear + cross-entropy (liger) never holds them.
-    workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_FRACTION of the rest.
+    gradients    one per trainable parameter, in its dtype
+    activations  with checkpointing: every layer's input; without: every layer's saved tensors. Plus the
+                 attention mask for packed or padded rows.
+    loss_or_layer  at the loss: the full-vocabulary logits (bf16 logits, their fp32 copy, fp32 log-softmax and its
+                 gradient: LOGIT_BYTES per logit), or liger's fused linear + cross-entropy buffers; at the end of
+                 the backward: the one layer being recomputed. The larger of the two moments is the peak.
+    workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
+                 WORKSPACE_FRACTION of the rest.
 
-The per-token constants were measured on an H100 (bench/README.md compares prediction and peak for every bench
-row); they describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama, Yi, Mistral, Gemma, Phi-3).
+The constants were fitted on H100 measurements of the 0.5B bench rows (bench/README.md compares prediction and
+peak); they describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama, Yi, Mistral, Gemma, Phi-3).
 """
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ WORKSPACE_MIN = 0.15 * GB
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 
 
-def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool) -> tuple[int, int]:
-    """(tokens fed, tokens per row) of the largest micro-batch the data can form: the batch_size longest samples,
-    packed into one row, or padded to the longest sample."""
+def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool) -> tuple[int, int, int]:
+    """(tokens fed, tokens per row, rows) of the largest micro-batch the data can form: the batch_size longest
+    samples, packed into one row, or padded to the longest sample."""
     longest = sorted(lengths, reverse=True)[:batch_size]
     if padding_free:
-        return sum(longest), sum(longest)
-    return len(longest) * longest[0], longest[0]
+        return sum(longest), sum(longest), 1
+    return len(longest) * longest[0], longest[0], len(longest)
 
 
 def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
@@ -108,9 +110,8 @@ def meta_model(args, config=None, vocab_size: int | None = None):
 
     import etude_model
     from utils.model import apply_peft, resolve_dtype
-    if config is None and args.model_name_or_path in etude_model.PRESETS:
-        config = etude_model.make_config(args.model_name_or_path,
-                                         vocab_size=etude_model.padded_vocab_size(vocab_size or 50257))
+    if config is None and args.model_name_or_path in etude_model.PRESETS:  # sized to the tokenizer, as build_model
+        config = etude_model.make_config(args.model_name_or_path, vocab_size=etude_model.padded_vocab_size(vocab_size))
     elif config is None:
         config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     with torch.device("meta"):
@@ -125,8 +126,7 @@ def meta_model(args, config=None, vocab_size: int | None = None):
 
 def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
     """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
-    tokens, row_len = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free)
-    rows = 1 if args.padding_free else min(args.per_device_train_batch_size, len(lengths))
+    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
     return format_estimate(parts, tokens, rows)
 

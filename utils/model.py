@@ -51,11 +51,16 @@ def build_model(args, vocab_size: int | None = None):
                              f"{args.model_name_or_path} has only {rows} embeddings: they do not belong together")
         model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)  # tokens we added (pad, control tokens)
     model.config.use_cache = False  # the KV cache is for generation; in training it only costs memory
-    if args.train_mode == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=bool(args.activation_checkpointing),
-            gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
-    return model
+    return prepare_quantized(model, args)
+
+
+def prepare_quantized(model, args):
+    """QLoRA: peft's preparation of a 4-bit base (norms and embeddings in fp32, input grads for checkpointing)."""
+    if args.train_mode != "qlora":
+        return model
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=bool(args.activation_checkpointing),
+        gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs)
 
 
 def build_peft_config(args) -> LoraConfig:
@@ -83,6 +88,11 @@ def compile_layers(model, args):
     them."""
     if not args.compile_layers:
         return model
+    if args.use_dora and args.activation_checkpointing:
+        # peft's DoRA forward breaks dynamo's graph (it clears a dict, calls str.startswith); inside an activation
+        # checkpoint a break sends the whole layer back to eager, so compiling would silently do nothing.
+        raise ValueError("compile_layers cannot compile DoRA layers under activation checkpointing (peft's DoRA "
+                         "forward breaks the graph): set activation_checkpointing false, or compile_layers false")
     from transformers.modeling_layers import GradientCheckpointingLayer
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:

@@ -14,7 +14,8 @@ from utils.trainer import PaddingFreeCollator
 
 def _args(**kw):
     base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
-                use_dora=False, use_rslora=False, init_lora_weights="gaussian", compile_layers=False)
+                use_dora=False, use_rslora=False, init_lora_weights="gaussian", compile_layers=False,
+                activation_checkpointing=True)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -43,13 +44,17 @@ def _loss_and_grads(model, batch):
     return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("train_mode,use_dora", [("lora", False), ("lora", True), ("full", False)])
-def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora):
+@pytest.mark.parametrize("train_mode,use_dora,checkpointing", [
+    ("lora", False, True), ("full", False, True), ("lora", True, False)])
+def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, checkpointing):
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     eager = apply_peft(_model(), _args(train_mode=train_mode, use_dora=use_dora))
-    compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True))
+    compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True, use_dora=use_dora,
+                                                          activation_checkpointing=checkpointing))
     for m in (eager, compiled):
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if checkpointing:
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
     for step, lengths in enumerate([[7, 19, 12], [30, 5], [11, 11, 11, 3]]):  # a new total length every step
         batch = _batch(lengths, seed=step)
@@ -72,6 +77,12 @@ def test_layers_compile_once_for_every_sequence_length_and_layer():
     # At most two graphs for every layer and every length: layer 0's input (the frozen embedding's output) does not
     # require grad, the other layers' inputs do. No graph per layer, no graph per sequence length.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+
+
+def test_dora_under_checkpointing_is_refused_not_silently_left_eager():
+    model = apply_peft(_model(), _args(use_dora=True))
+    with pytest.raises(ValueError, match="DoRA layers under activation checkpointing"):
+        compile_layers(model, _args(compile_layers=True, use_dora=True, activation_checkpointing=True))
 
 
 def test_compiled_layers_keep_state_dict_keys():

@@ -55,8 +55,8 @@ def test_checkpointing_keeps_only_layer_inputs():
 
 
 def test_padded_batch_is_sized_by_its_longest_sample():
-    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300)
-    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340)
+    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300, 2)
+    assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340, 1)
 
 
 @pytest.mark.gpu
