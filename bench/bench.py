@@ -42,7 +42,20 @@ OURS = {
     "dojo_lora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b"),
     "dojo_qlora7b_fast_liger": dict(FAST, **LIGER_LOSS_ONLY, model="7b", train_mode="qlora", batch=4),
 }
-DEFAULT_OURS = "dojo_lora_padding_free,dojo_lora_fast,dojo_lora_fast_liger"
+# varlen attention + chunked loss + CUDA graphs over bucketed rows (utils/attention.py, loss.py, cuda_graphs.py)
+GRAPHS = dict(padding_free=True, attn_implementation="varlen", chunked_loss=True, cuda_graphs=True,
+              optim="adamw_torch_fused")
+OURS.update({
+    "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
+    "dojo_lora_graphs_eager": dict(GRAPHS),
+    "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
+    "dojo_dora_graphs": dict(GRAPHS, use_dora=True),
+    "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
+    "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
+    "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),
+    "dojo_qlora7b_graphs": dict(GRAPHS, model="7b", train_mode="qlora", batch=4),
+})
+DEFAULT_OURS = "dojo_lora_graphs,dojo_dora_graphs,dojo_full_graphs"
 
 
 def load_peer_bench(path: str):
@@ -81,6 +94,29 @@ def host_profile_callback(start: int, stop: int):
     return HostProfile()
 
 
+def instrument(trainer, meter):
+    """peer_bench's instrument, except that a bucketed row's filler sample (cuda_graphs) is not counted as data:
+    its real tokens end at the last sample boundary (counted on the GPU, no host sync, as peer_bench's Meter)."""
+    import torch
+    orig = trainer.training_step
+
+    def training_step(model, inputs, *rest, **kw):
+        if trainer.args.cuda_graphs:
+            pos, cu = inputs["position_ids"], inputs["cu_seq_lens_q"]
+            real = torch.arange(pos.shape[-1], device=pos.device) < cu[-2]
+            meter.batches.append(dict(real=real.sum(), nseq=((pos[0] == 0) & real).sum(),
+                                      sumsq=((2 * pos[0].long() + 1) * real).sum(),
+                                      loss_tok=(inputs["labels"] != -100).sum(),
+                                      padded=torch.tensor(pos.numel())))
+        else:
+            meter.record(inputs)
+        loss = orig(model, inputs, *rest, **kw)
+        meter.losses.append(loss.detach().float())
+        return loss
+
+    trainer.training_step = training_step
+
+
 def run_ours(name: str, a) -> dict:
     import torch
 
@@ -111,13 +147,14 @@ def run_ours(name: str, a) -> dict:
     args = TrainArgs(**fields)
     # peer_bench's random model (NF4 + double quant for QLoRA), then our build_model's QLoRA step
     model = pb.build_qlora_model(dims) if args.train_mode == "qlora" else pb.build_bf16_model(dims, dev)
+    model.set_attn_implementation(args.attn_implementation)  # peer_bench builds sdpa models
     model = compile_layers(apply_peft(prepare_quantized(model, args), args), args)
     timer = pb.make_timer_callback(warmup, steps, a.profile_steps)
     host_profile = host_profile_callback(warmup, total) if a.cprofile else None
     trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,
                             callbacks=[timer] + ([host_profile] if host_profile else []))
     meter = pb.Meter()
-    pb.instrument(trainer, meter)
+    instrument(trainer, meter)
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -144,6 +181,8 @@ def run_ours(name: str, a) -> dict:
                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
                model_tflops_per_s=round(flops / dt / 1e12, 2), loss_first=round(losses[0], 4),
                loss_last5=round(sum(losses[total - 5:total]) / 5, 4),
+               peak_reserved_gb=round(torch.cuda.max_memory_reserved() / 1e9, 3) if dev == "cuda" else None,
+               graphs=len(trainer._graphed.graphs) if trainer._graphed else None,
                max_batch_tokens=worst["padded"], predicted_peak_gb=round(predicted["total"], 3),
                predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=spec)
     if a.profile_steps:

@@ -35,7 +35,9 @@ class TrainArgs(TrainingArguments):
         "Run Python code shipped inside the model folder. Off: only turn it on for a model you trust."))
     torch_dtype: str = field(default="auto", metadata=_help(
         "Weight dtype: auto (bf16 on a bf16 GPU, else fp32), bfloat16, float16 or float32."))
-    attn_implementation: str = field(default="sdpa", metadata=_help("Attention kernel: sdpa, eager, ..."))
+    attn_implementation: str = field(default="sdpa", metadata=_help(
+        "Attention kernel: sdpa, eager, ..., or varlen (with padding_free: flash attention's variable-length kernel "
+        "over the packed samples, no T x T mask; CUDA, bf16/fp16; sdpa with the same boundaries elsewhere)."))
     # --- data ------------------------------------------------------------------------------------------------------
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"], metadata=_help(
         "Training data: one or more JSONL/JSON/parquet files or folders (alpaca, OpenAI messages or ShareGPT)."))
@@ -78,6 +80,17 @@ class TrainArgs(TrainingArguments):
         "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "
         "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Not for DoRA under "
         "activation checkpointing: peft's DoRA forward does not trace, so it is refused."))
+    chunked_loss: bool = field(default=False, metadata=_help(
+        "Fast path: the output head and the cross-entropy run a chunk of tokens at a time, gradients computed on the "
+        "fly, so the full-vocabulary logits never exist (GBs with 150k-word vocabularies). Same loss and "
+        "gradients as the plain path; one process (not under torchrun)."))
+    cuda_graphs: bool = field(default=False, metadata=_help(
+        "Fast path (one CUDA GPU): replay each micro-batch's forward + backward as a CUDA graph, one launch instead "
+        "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
+        "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
+        "On CPU the plain step runs."))
+    cuda_graph_bucket: int = field(default=256, metadata=_help(
+        "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
@@ -129,6 +142,16 @@ class TrainArgs(TrainingArguments):
             raise ValueError(f"special_text must be 'error' or 'keep', got {self.special_text!r}")
         if self.invalid_records not in ("error", "skip"):
             raise ValueError(f"invalid_records must be 'error' or 'skip', got {self.invalid_records!r}")
+        if self.attn_implementation == "varlen" and not self.padding_free:
+            raise ValueError("attn_implementation varlen needs padding_free true (it reads the packed samples' "
+                             "boundaries from the padding-free collator)")
+        if self.cuda_graphs and (not self.padding_free or self.attn_implementation != "varlen"):
+            raise ValueError("cuda_graphs needs padding_free true and attn_implementation varlen (a graph must run "
+                             "without host synchronisation, which the mask-building attention paths do)")
+        if self.cuda_graphs and self.fp16:
+            raise ValueError("cuda_graphs does not support fp16 loss scaling: use bf16")
+        if self.cuda_graph_bucket < 1:
+            raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         super().__post_init__()

@@ -9,7 +9,8 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     activations  with checkpointing: every layer's input; without: every layer's saved tensors. Plus the
                  attention mask for packed or padded rows.
     loss_or_layer  at the loss: the full-vocabulary logits (bf16 logits, their fp32 copy, fp32 log-softmax and its
-                 gradient: LOGIT_BYTES per logit), or liger's fused linear + cross-entropy buffers; at the end of
+                 gradient: LOGIT_BYTES per logit), liger's fused linear + cross-entropy buffers, or chunked_loss's
+                 hidden-state gradient and one chunk of logits (utils/loss.py); at the end of
                  the backward: the one layer being recomputed. The larger of the two moments is the peak.
     workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
                  WORKSPACE_FRACTION of the rest.
@@ -23,6 +24,8 @@ import math
 
 import torch
 
+from utils.loss import chunk_tokens
+
 GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
 WORKSPACE_FRACTION = 0.01
@@ -30,12 +33,14 @@ WORKSPACE_MIN = 0.15 * GB
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 
 
-def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool) -> tuple[int, int, int]:
+def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
+                       bucket: int = 1) -> tuple[int, int, int]:
     """(tokens fed, tokens per row, rows) of the largest micro-batch the data can form: the batch_size longest
     samples, packed into one row, or padded to the longest sample."""
     longest = sorted(lengths, reverse=True)[:batch_size]
     if padding_free:
-        return sum(longest), sum(longest), 1
+        tokens = -(-sum(longest) // bucket) * bucket  # cuda_graphs pads the row to a multiple of its bucket
+        return tokens, tokens, 1
     return len(longest) * longest[0], longest[0], len(longest)
 
 
@@ -84,14 +89,21 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         out_features = sum(m.out_features for n, m in model.named_modules()
                            if n.endswith("base_layer") and hasattr(m, "out_features"))
         one_layer += 6 * tokens * out_features // layers
-    mask = rows * row_len * row_len  # the boolean attention mask (block-diagonal when packed)
+    # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
+    mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
     kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
-    if getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
-        head = model.get_output_embeddings().weight  # and the fp32 head gradient when the head is trained
+    head = model.get_output_embeddings().weight
+    if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
+        chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))  # fp32 head gradient if trained
+        loss = tokens * hidden * head.element_size() + 2 * chunk * config.vocab_size * head.element_size() \
+            + (head.numel() * 4 if head.requires_grad else 0)
+    elif getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
+        # and the fp32 head gradient when the head is trained
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
     else:
         loss = tokens * config.vocab_size * LOGIT_BYTES
-    grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 else 0
+    # gradients exist before the backward when accumulating, and always under cuda_graphs (fixed buffers)
+    grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False) else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
     at_backward_end = dict(gradients=trainable_bytes, activations=mask,
                            loss_or_layer=one_layer if args.activation_checkpointing else 0)
@@ -126,7 +138,8 @@ def meta_model(args, config=None, vocab_size: int | None = None):
 
 def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
     """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
-    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free)
+    bucket = args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
+    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free, bucket)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
     return format_estimate(parts, tokens, rows)
 

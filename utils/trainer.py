@@ -16,6 +16,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from chat_template import IGNORE_INDEX
+from utils.attention import NAME as VARLEN
+from utils.cuda_graphs import GraphedStep
+from utils.loss import chunked_causal_lm_loss
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
@@ -47,16 +50,37 @@ class PaddingFreeCollator:
     No pad token is fed or computed: on real SFT data (log-normal lengths) padding to the longest sample wastes
     more than half of every batch. transformers' attention builds a block-diagonal causal mask from the restarting
     position ids, so no token attends across samples (proven in tests/test_padding_free.py by equal losses and
-    gradients). A sample's first label is ignored so the last token of one sample never predicts the next one."""
+    gradients). A sample's first label is ignored so the last token of one sample never predicts the next one.
+
+    varlen: also emit the sample boundaries (cu_seq_lens_q/k, max_length_q/k) for attn_implementation varlen.
+    bucket: pad the row with one unsupervised filler sample up to a multiple of `bucket` tokens, so that rows
+    come in a few fixed lengths (each CUDA graph fixes one); max_length is then the padded length, an upper
+    bound that stays valid for every batch replayed through the same graph."""
+
+    def __init__(self, varlen: bool = False, bucket: int = 0, pad_token_id: int = 0):
+        self.varlen, self.bucket, self.pad_token_id = varlen, bucket, pad_token_id
 
     def __call__(self, features):
-        ids, labels, positions = [], [], []
+        ids, labels, positions, bounds = [], [], [], [0]
         for f in features:
             ids += list(f["input_ids"])
             labels += [IGNORE_INDEX] + list(f["labels"])[1:]
             positions += range(len(f["input_ids"]))
-        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                "position_ids": torch.tensor([positions])}
+            bounds.append(len(ids))
+        longest = max(b - a for a, b in zip(bounds, bounds[1:]))
+        if self.bucket:
+            filler = -len(ids) % self.bucket
+            ids += [self.pad_token_id] * filler
+            labels += [IGNORE_INDEX] * filler
+            positions += range(filler)
+            bounds.append(len(ids))  # always one more boundary, so the row's shape depends on its length only
+            longest = len(ids)
+        batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                 "position_ids": torch.tensor([positions])}
+        if self.varlen:
+            cu = torch.tensor(bounds, dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        return batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,7 +148,9 @@ def build_collator(args, model, tokenizer):
     if model_type not in PADDING_FREE_MODEL_TYPES:
         raise ValueError(f"padding_free needs a model whose attention separates packed samples by position ids; "
                          f"{model_type!r} is not among {PADDING_FREE_MODEL_TYPES}")
-    return PaddingFreeCollator()
+    return PaddingFreeCollator(varlen=args.attn_implementation == VARLEN,
+                               bucket=args.cuda_graph_bucket if args.cuda_graphs else 0,
+                               pad_token_id=tokenizer.pad_token_id or 0)
 
 
 class DojoTrainer(Trainer):
@@ -137,6 +163,7 @@ class DojoTrainer(Trainer):
 
     _params_no_embedding = None
     _trainable = None
+    _graphed = None
 
     def floating_point_ops(self, inputs) -> int:
         if self._params_no_embedding is None:
@@ -156,8 +183,35 @@ class DojoTrainer(Trainer):
         self._trainable = None  # the model may be re-wrapped between calls
         return super().train(*args, **kwargs)
 
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits."""
+        if not self.args.chunked_loss or return_outputs or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        causal_lm = self.accelerator.unwrap_model(model)
+        causal_lm = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        with self.accelerator.autocast():  # as the wrapped model's forward would run
+            hidden = causal_lm.get_decoder()(**inputs).last_hidden_state
+            return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """cuda_graphs: forward + backward by CUDA graph replay (utils/cuda_graphs.py); else the Trainer's step."""
+        if not (self.args.cuda_graphs and torch.cuda.is_available()):  # CPU: the plain step
+            return super().training_step(model, inputs, num_items_in_batch)
+        if not model.training:  # model.train() walks every module: only when needed
+            model.train()
+        if self._graphed is None:
+            params = [p for p in model.parameters() if p.requires_grad]
+            self._graphed = GraphedStep(params, lambda batch, items: self.compute_loss(model, batch,
+                                                                                    num_items_in_batch=items))
+        return self._graphed(self._prepare_inputs(inputs), num_items_in_batch)
+
 
 def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer=None, callbacks=()):
+    if (args.cuda_graphs or args.chunked_loss) and args.world_size > 1:
+        raise ValueError("cuda_graphs and chunked_loss are single-process fast paths; under torchrun use "
+                         "use_liger_kernel for the loss")
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,

@@ -1,0 +1,36 @@
+"""chunked_loss: the chunked linear + cross-entropy gives transformers' loss and gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from utils.loss import chunk_tokens, chunked_causal_lm_loss
+
+
+def test_chunks_fit_the_memory_budget_and_whole_tiles():
+    assert chunk_tokens(151936, 2) == 384  # 384 x 152k x (2 + 2) bytes <= 256 MiB
+    assert chunk_tokens(151936, 2) % 64 == 0
+    assert chunk_tokens(10**9, 4) == 64  # never below one tile
+
+
+@pytest.mark.parametrize("head_trained", [False, True])
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_chunked_loss_matches_full_logits(head_trained, num_items, monkeypatch):
+    monkeypatch.setattr("utils.loss.CHUNK_BYTES", 64 * 2 * 4 * 50)  # 64-token chunks: 3 chunks, the last partial
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 80, 16, dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False).double().requires_grad_(head_trained)
+    labels = torch.randint(0, 50, (2, 80))
+    labels[:, :20] = -100
+    loss = chunked_causal_lm_loss(hidden, head, labels, None if num_items is None else torch.tensor(num_items))
+    (3 * loss).backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone() if head_trained else None
+    hidden.grad, head.weight.grad = None, None
+    ref = transformers.loss.loss_utils.ForCausalLMLoss(head(hidden), labels, 50, num_items_in_batch=(
+        None if num_items is None else torch.tensor(num_items)))
+    (3 * ref).backward()
+    torch.testing.assert_close(loss, ref.float(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-7, rtol=1e-4)  # fp32 softmax, as the plain loss
+    if head_trained:
+        torch.testing.assert_close(grads[1], head.weight.grad, atol=1e-7, rtol=1e-4)  # fp32 softmax, as the plain loss

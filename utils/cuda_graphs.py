@@ -1,0 +1,93 @@
+"""Forward + backward of a micro-batch replayed as one CUDA graph: `cuda_graphs: true`.
+
+A 0.5B model's step is a few thousand small kernels, and the GPU spends most of the step waiting for Python to
+launch them (bench/README.md: busy 15% of the step). A CUDA graph records the kernels of one forward + backward
+once and replays them with a single launch. A graph fixes every shape and address, so:
+  - micro-batches are padded-free rows padded up to a multiple of `cuda_graph_bucket` tokens (PaddingFreeCollator);
+    each padded length gets its own graph, captured the first time it is seen (a warm-up run, then the capture);
+  - inputs are copied into the graph's own buffers; the gradients live in fixed buffers that every graph
+    accumulates into (autograd adds to an existing .grad in place), so gradient accumulation works unchanged;
+  - all graphs share one memory pool: they never run at the same time, so their temporaries can overlap.
+Everything inside must stay on the GPU (no .item(), no host-side branching on values): varlen attention and the
+chunked loss are written that way; transformers' own mask code skips its host checks while a capture runs.
+
+The optimizer step, clipping and logging stay eager (they are a few fused launches per step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+WARMUP_RUNS = 2  # eager runs on a side stream before a capture: lazy inits (cuBLAS, compile) must not be recorded
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: dict
+    num_items: torch.Tensor
+    loss: torch.Tensor
+
+
+class GraphedStep:
+    """loss_fn(inputs, num_items) -> scalar loss; call(inputs, num_items) runs forward + backward by graph replay
+    and returns the loss (a copy: the graph's own output is overwritten by the next replay)."""
+
+    def __init__(self, params: list[torch.nn.Parameter], loss_fn):
+        self.params = params
+        self.loss_fn = loss_fn
+        self.grads = [torch.zeros_like(p) for p in params]
+        self.graphs: dict[tuple, _Graph] = {}
+        self.pool = torch.cuda.graph_pool_handle()
+
+    @staticmethod
+    def key(inputs: dict) -> tuple:
+        return tuple((k, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (k, v) for k, v in sorted(inputs.items()))
+
+    def _bind_grads(self, zero: bool) -> None:
+        if zero:
+            torch._foreach_zero_(self.grads)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+
+    def capture(self, inputs: dict, num_items: torch.Tensor, first_micro_batch: bool) -> _Graph:
+        static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
+        items = num_items.clone()
+        # the warm-up runs add to the gradients: keep what earlier micro-batches of this step accumulated
+        accumulated = None if first_micro_batch else [g.clone() for g in self.grads]
+        self._bind_grads(zero=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_RUNS):
+                self.loss_fn(static, items).backward()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            loss = self.loss_fn(static, items)
+            loss.backward()
+        if accumulated is None:
+            torch._foreach_zero_(self.grads)
+        else:
+            torch._foreach_copy_(self.grads, accumulated)
+        return _Graph(graph, static, items, loss.detach())
+
+    def __call__(self, inputs: dict, num_items) -> torch.Tensor:
+        first_micro_batch = self.params[0].grad is None  # the Trainer's zero_grad() sets gradients to None
+        if num_items is None:
+            raise ValueError("cuda_graphs needs the Trainer's num_items_in_batch (labels in every batch)")
+        num_items = torch.as_tensor(num_items).to(device=self.grads[0].device, dtype=torch.float32)
+        key = self.key(inputs)
+        if first_micro_batch:
+            self._bind_grads(zero=True)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self.capture(inputs, num_items, first_micro_batch)
+        for name, buffer in entry.inputs.items():
+            if torch.is_tensor(buffer):
+                buffer.copy_(inputs[name], non_blocking=True)
+        entry.num_items.copy_(num_items, non_blocking=True)
+        self._bind_grads(zero=False)
+        entry.graph.replay()
+        return entry.loss.clone()

@@ -1,0 +1,91 @@
+"""Cross-entropy over the vocabulary without materialising the logits: `chunked_loss: true`.
+
+A 152k-word vocabulary makes the logits the largest tensor of a small model's step: 4,400 tokens x 152k words is
+1.3 GB in bf16, and the plain loss adds an fp32 copy and an fp32 log-softmax (~8 GB with its gradient). Here the
+output head and the loss run on a chunk of tokens at a time, and each chunk's gradient is computed right away (the
+loss is a sum, so d loss / d hidden is known in the forward): only one chunk's logits and their gradient exist at
+once. Liger's fused linear-cross-entropy does the same, but sizes chunks so small for a large vocabulary (32 tokens
+here) that the step is dominated by hundreds of launches and re-reads of the head, and it reads the token count
+back to the host (a sync that rules out CUDA graphs). Chunks here are sized by a memory budget (CHUNK_BYTES).
+
+Gradients match the plain path: d loss / d logits = softmax - onehot, in fp32, stored in the logits' dtype (as
+liger does); the tests compare losses and gradients with transformers' own loss.
+"""
+from __future__ import annotations
+
+import torch
+
+from chat_template import IGNORE_INDEX
+
+CHUNK_BYTES = 256 * 2**20  # one chunk's logits and their gradient (2 + 2 bytes per logit in bf16)
+
+
+def chunk_tokens(vocab_size: int, element_size: int) -> int:
+    """Tokens per chunk: as many as fit CHUNK_BYTES, a multiple of 64 (whole GEMM tiles), at least 64."""
+    return max(64, CHUNK_BYTES // (2 * element_size * vocab_size) // 64 * 64)
+
+
+def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of one chunk and its gradient w.r.t. the logits (softmax - onehot on supervised rows)."""
+    x = logits.float()
+    valid = labels != IGNORE_INDEX
+    target = labels.clamp(min=0).unsqueeze(1)
+    lse = torch.logsumexp(x, dim=-1)
+    loss = ((lse - x.gather(1, target).squeeze(1)) * valid).sum()
+    grad = torch.exp(x - lse.unsqueeze(1)).scatter_add(1, target, -torch.ones_like(target, dtype=x.dtype))
+    return loss, (grad * valid.unsqueeze(1)).to(logits.dtype)
+
+
+_compiled_chunk = None
+
+
+def chunk_fn(device: torch.device):
+    """On CUDA, the chunk's softmax math compiled into two fused kernels that never hold fp32 logits."""
+    global _compiled_chunk
+    if device.type != "cuda":
+        return _chunk_loss_and_grad
+    if _compiled_chunk is None:
+        _compiled_chunk = torch.compile(_chunk_loss_and_grad, dynamic=True)
+    return _compiled_chunk
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, num_items, chunk):
+        fn = chunk_fn(hidden.device)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk]
+            loss, grad_logits = fn(h @ weight.t(), labels[start:start + chunk])
+            total += loss
+            torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk])
+            if grad_weight is not None:
+                grad_weight += (grad_logits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight, num_items)
+        ctx.weight_dtype = weight.dtype
+        return total / num_items
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, num_items = ctx.saved_tensors
+        scale = grad_output / num_items
+        grad_h = grad_hidden * scale.to(grad_hidden.dtype)
+        grad_w = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
+        return grad_h, grad_w, None, None, None
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+                           num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """transformers' causal-LM loss (token t predicts label t+1, summed over supervised tokens and divided by
+    num_items_in_batch, else their count) from the last hidden states [B, T, h] and the output head."""
+    if head.bias is not None:
+        raise ValueError("chunked_loss supports output heads without bias")
+    labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    if num_items_in_batch is None:
+        num_items_in_batch = (labels != IGNORE_INDEX).sum()
+    num_items = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
+    chunk = chunk_tokens(head.weight.shape[0], hidden.element_size())
+    return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk)
