@@ -48,6 +48,7 @@ GRAPHS = dict(padding_free=True, attn_implementation="varlen", chunked_loss=True
 OURS.update({
     "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
     "dojo_lora_graphs_eager": dict(GRAPHS),
+    "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
     "dojo_dora_graphs": dict(GRAPHS, use_dora=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
@@ -155,6 +156,7 @@ def run_ours(name: str, a) -> dict:
                             callbacks=[timer] + ([host_profile] if host_profile else []))
     meter = pb.Meter()
     instrument(trainer, meter)
+    captures = watch_captures() if dev == "cuda" else []
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -187,7 +189,35 @@ def run_ours(name: str, a) -> dict:
                predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=spec)
     if a.profile_steps:
         res.update(timer.profile_summary())
+        if timer.prof is not None:
+            res["top_kernels"] = top_kernels(timer.prof, a.profile_steps)
+    res["captures"] = captures
     return res
+
+
+def watch_captures() -> list[dict]:
+    """Per CUDA-graph capture: when (step), its length, and the allocated-memory peak it reached (GB)."""
+    import torch
+
+    from utils.cuda_graphs import GraphedStep
+    log, capture = [], GraphedStep.capture
+
+    def watched(self, inputs, *rest):
+        t0 = time.perf_counter()
+        entry = capture(self, inputs, *rest)
+        log.append(dict(tokens=inputs["input_ids"].shape[-1], seconds=round(time.perf_counter() - t0, 2),
+                        peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3)))
+        return entry
+
+    GraphedStep.capture = watched
+    return log
+
+
+def top_kernels(prof, steps: int, n: int = 12) -> list[tuple[str, float, int]]:
+    """The GPU kernels that took the most time per step in the profiled steps: (name, ms per step, calls)."""
+    rows = [(e.key[:70], e.self_device_time_total / 1e3 / steps, e.count // steps)
+            for e in prof.key_averages() if e.self_device_time_total > 0]
+    return [(k, round(ms, 2), c) for k, ms, c in sorted(rows, key=lambda r: -r[1])[:n]]
 
 
 def table(results: list[dict], ceiling_tflops: float | None) -> str:

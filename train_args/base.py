@@ -89,7 +89,7 @@ class TrainArgs(TrainingArguments):
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
         "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
         "On CPU the plain step runs."))
-    cuda_graph_bucket: int = field(default=256, metadata=_help(
+    cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-WARMUP_RUNS = 2  # eager runs on a side stream before a capture: lazy inits (cuBLAS, compile) must not be recorded
+# eager runs on a side stream before a capture, so that lazy work (compilation, cuBLAS handles, kernel autotuning
+# for a new length) is done and not recorded: two before the first graph, one for each later length
+FIRST_WARMUP_RUNS, WARMUP_RUNS = 2, 1
 
 
 @dataclass
@@ -60,7 +62,7 @@ class GraphedStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
+            for _ in range(WARMUP_RUNS if self.graphs else FIRST_WARMUP_RUNS):
                 self.loss_fn(static, items).backward()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
