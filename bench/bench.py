@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import memory_peak  # noqa: E402  (bench/memory_peak.py, beside this file)
 
 # name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers; "model" picks
 # peer_bench's MODEL_DIMS and "batch" overrides --batch (the QLoRA peer runs 4 samples per step).
@@ -160,7 +161,10 @@ def run_ours(name: str, a) -> dict:
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    baseline = memory_peak.start() if a.memory_peak and dev == "cuda" else None
     trainer.train()
+    if baseline is not None:
+        print(memory_peak.report(baseline))
     if host_profile:
         print(host_profile.report())
     batches = meter.values()
@@ -291,6 +295,7 @@ def main():
     p.add_argument("--profile_steps", type=int, default=0, help="extra steps under torch.profiler (GPU busy)")
     p.add_argument("--peers_first", action="store_true", help="run the peers before our rows")
     p.add_argument("--cprofile", action="store_true", help="run our rows under cProfile (slower; for diagnosis)")
+    p.add_argument("--memory_peak", action="store_true", help="print the tensors alive at each row's memory peak")
     p.add_argument("--deadline_s", type=float, default=560, help="wall budget; the peers get what is left")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -26,14 +26,17 @@ def chunk_tokens(vocab_size: int, element_size: int) -> int:
 
 
 def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of one chunk and its gradient w.r.t. the logits (softmax - onehot on supervised rows)."""
+    """Summed cross-entropy of one chunk and its gradient w.r.t. the logits (softmax - onehot on supervised rows).
+    Written as one reduction and one elementwise expression (no scatter), so that compiled it is two kernels that
+    read the logits and write the gradient in their own dtype, with no fp32 copy in between."""
     x = logits.float()
-    valid = labels != IGNORE_INDEX
+    valid = (labels != IGNORE_INDEX).unsqueeze(1)
     target = labels.clamp(min=0).unsqueeze(1)
-    lse = torch.logsumexp(x, dim=-1)
-    loss = ((lse - x.gather(1, target).squeeze(1)) * valid).sum()
-    grad = torch.exp(x - lse.unsqueeze(1)).scatter_add(1, target, -torch.ones_like(target, dtype=x.dtype))
-    return loss, (grad * valid.unsqueeze(1)).to(logits.dtype)
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    loss = ((lse - x.gather(1, target)) * valid).sum()
+    onehot = torch.arange(x.shape[1], device=x.device).unsqueeze(0) == target
+    grad = (torch.exp(x - lse) - onehot.float()) * valid
+    return loss, grad.to(logits.dtype)
 
 
 _compiled_chunk = None
@@ -49,30 +52,38 @@ def chunk_fn(device: torch.device):
     return _compiled_chunk
 
 
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The matmul dtype the plain path would use: autocast's (bf16 under mixed precision), else the tensor's own.
+    (QLoRA keeps the head in fp32; autocast still runs its matmul in bf16.)"""
+    return torch.get_autocast_dtype(t.device.type) if torch.is_autocast_enabled(t.device.type) else t.dtype
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, num_items, chunk):
         fn = chunk_fn(hidden.device)
-        grad_hidden = torch.empty_like(hidden)
+        dtype = compute_dtype(hidden)
+        x, w = hidden.to(dtype), weight.to(dtype)
+        grad_x = torch.empty_like(x)
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            loss, grad_logits = fn(h @ weight.t(), labels[start:start + chunk])
+        for start in range(0, x.shape[0], chunk):
+            h = x[start:start + chunk]
+            loss, grad_logits = fn(h @ w.t(), labels[start:start + chunk])
             total += loss
-            torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk])
+            torch.mm(grad_logits, w, out=grad_x[start:start + chunk])
             if grad_weight is not None:
                 grad_weight += (grad_logits.t() @ h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight, num_items)
-        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_x, grad_weight, num_items)
+        ctx.dtypes = hidden.dtype, weight.dtype
         return total / num_items
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight, num_items = ctx.saved_tensors
+        grad_x, grad_weight, num_items = ctx.saved_tensors
         scale = grad_output / num_items
-        grad_h = grad_hidden * scale.to(grad_hidden.dtype)
-        grad_w = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
+        grad_h = (grad_x * scale.to(grad_x.dtype)).to(ctx.dtypes[0])
+        grad_w = (grad_weight * scale).to(ctx.dtypes[1]) if grad_weight is not None else None
         return grad_h, grad_w, None, None, None
 
 
@@ -87,5 +98,5 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: 
     if num_items_in_batch is None:
         num_items_in_batch = (labels != IGNORE_INDEX).sum()
     num_items = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
-    chunk = chunk_tokens(head.weight.shape[0], hidden.element_size())
+    chunk = chunk_tokens(head.weight.shape[0], torch.finfo(compute_dtype(hidden)).bits // 8)
     return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk)

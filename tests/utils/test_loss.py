@@ -34,3 +34,17 @@ def test_chunked_loss_matches_full_logits(head_trained, num_items, monkeypatch):
     torch.testing.assert_close(grads[0], hidden.grad, atol=1e-7, rtol=1e-4)  # fp32 softmax, as the plain loss
     if head_trained:
         torch.testing.assert_close(grads[1], head.weight.grad, atol=1e-7, rtol=1e-4)  # fp32 softmax, as the plain loss
+
+
+def test_fp32_head_under_bf16_autocast_runs_in_bf16_like_the_plain_path():
+    """QLoRA keeps the head in fp32; under autocast both paths multiply in bf16 and return an fp32-typed grad."""
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 70, 16, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False)
+    labels = torch.randint(0, 50, (1, 70))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = chunked_causal_lm_loss(hidden, head, labels)
+        ref = transformers.loss.loss_utils.ForCausalLMLoss(head(hidden), labels, 50)
+    loss.backward()
+    assert hidden.grad.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, atol=2e-2, rtol=1e-2)
