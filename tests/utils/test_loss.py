@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from utils.loss import chunk_tokens, chunked_causal_lm_loss
 
@@ -27,7 +27,7 @@ def test_chunked_loss_matches_full_logits(head_trained, num_items, monkeypatch):
     (3 * loss).backward()
     grads = hidden.grad.clone(), head.weight.grad.clone() if head_trained else None
     hidden.grad, head.weight.grad = None, None
-    ref = transformers.loss.loss_utils.ForCausalLMLoss(head(hidden), labels, 50, num_items_in_batch=(
+    ref = ForCausalLMLoss(head(hidden), labels, 50, num_items_in_batch=(
         None if num_items is None else torch.tensor(num_items)))
     (3 * ref).backward()
     torch.testing.assert_close(loss, ref.float(), atol=1e-6, rtol=1e-6)
@@ -44,7 +44,7 @@ def test_fp32_head_under_bf16_autocast_runs_in_bf16_like_the_plain_path():
     labels = torch.randint(0, 50, (1, 70))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = chunked_causal_lm_loss(hidden, head, labels)
-        ref = transformers.loss.loss_utils.ForCausalLMLoss(head(hidden), labels, 50)
+        ref = ForCausalLMLoss(head(hidden), labels, 50)
     loss.backward()
     assert hidden.grad.dtype == torch.float32
     torch.testing.assert_close(loss, ref, atol=2e-2, rtol=1e-2)
