@@ -65,6 +65,8 @@ def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         raise ValueError("attn_implementation varlen supports neither attention dropout, sliding windows nor "
                          "logit soft-capping; use sdpa for this model")
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))  # [T, heads, head_dim]
+    if q.is_cuda and torch.is_autocast_enabled("cuda"):  # as autocast runs sdpa (QLoRA's fp32 norms feed fp32 q)
+        q, k, v = (x.to(torch.get_autocast_dtype("cuda")) for x in (q, k, v))
     if FLASH_KWARGS is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         from torch.nn.attention.varlen import varlen_attn
         if "enable_gqa" not in FLASH_KWARGS and k.shape[1] != q.shape[1]:

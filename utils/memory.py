@@ -30,6 +30,9 @@ GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
 WORKSPACE_FRACTION = 0.01
 WORKSPACE_MIN = 0.15 * GB
+# compile_layers under activation checkpointing keeps more than each layer's input until the backward: measured
+# on the H100 bench rows (bench/README.md, 2026-11-23 third session) ~5 bytes per token per hidden unit per layer
+COMPILED_CHECKPOINT_BYTES = 5
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 
 
@@ -92,11 +95,14 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
     kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
+    if args.activation_checkpointing and getattr(args, "compile_layers", False):
+        kept += layers * tokens * COMPILED_CHECKPOINT_BYTES * hidden
     head = model.get_output_embeddings().weight
     if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))  # fp32 head gradient if trained
         loss = tokens * hidden * head.element_size() + 2 * chunk * config.vocab_size * head.element_size() \
-            + (head.numel() * 4 if head.requires_grad else 0)
+            + (head.numel() * 4 if head.requires_grad else 0) \
+            + (head.numel() * 2 if args.train_mode == "qlora" else 0)  # QLoRA's fp32 head, cast for the matmul
     elif getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
         # and the fp32 head gradient when the head is trained
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
