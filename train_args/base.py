@@ -7,6 +7,7 @@ Field names follow LLM-Dojo's so its users feel at home.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -78,8 +79,8 @@ class TrainArgs(TrainingArguments):
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
         "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "
-        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Not for DoRA under "
-        "activation checkpointing: peft's DoRA forward does not trace, so it is refused."))
+        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Activation "
+        "checkpointing stays outside the compiled layer, so it keeps only each layer's input, as eager does."))
     chunked_loss: bool = field(default=False, metadata=_help(
         "Fast path: the output head and the cross-entropy run a chunk of tokens at a time, gradients computed on the "
         "fly, so the full-vocabulary logits never exist (GBs with 150k-word vocabularies). Same loss and "
@@ -150,6 +151,12 @@ class TrainArgs(TrainingArguments):
                              "without host synchronisation, which the mask-building attention paths do)")
         if self.cuda_graphs and self.fp16:
             raise ValueError("cuda_graphs does not support fp16 loss scaling: use bf16")
+        if self.cuda_graphs and self.activation_checkpointing and (self.train_mode == "full" or not self.lora_dropout):
+            # Nothing random runs in a layer (no dropout), so the recompute needs no saved RNG state; reading the
+            # CUDA RNG state inside a graph capture is refused by some torch versions.
+            kwargs = self.activation_checkpointing_kwargs or {}
+            kwargs = json.loads(kwargs) if isinstance(kwargs, str) else kwargs
+            self.activation_checkpointing_kwargs = {"preserve_rng_state": False, **kwargs}
         if self.cuda_graph_bucket < 1:
             raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
         if not 0.0 <= self.eval_ratio < 1.0:

@@ -30,9 +30,6 @@ GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
 WORKSPACE_FRACTION = 0.01
 WORKSPACE_MIN = 0.15 * GB
-# compile_layers under activation checkpointing keeps more than each layer's input until the backward: measured
-# on the H100 bench rows (bench/README.md, 2026-11-23 third session) ~5 bytes per token per hidden unit per layer
-COMPILED_CHECKPOINT_BYTES = 5
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 
 
@@ -95,8 +92,6 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
     kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
-    if args.activation_checkpointing and getattr(args, "compile_layers", False):
-        kept += layers * tokens * COMPILED_CHECKPOINT_BYTES * hidden
     head = model.get_output_embeddings().weight
     if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))  # fp32 head gradient if trained

@@ -1,6 +1,8 @@
 """Builders for the model side of a run: base model, 4-bit quantization, PEFT adapters, optimizer groups."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -81,29 +83,43 @@ def apply_peft(model, args):
 
 
 def compile_layers(model, args):
-    """torch.compile each decoder layer in place (`module.compile()` keeps state_dict keys: saving is unchanged).
+    """torch.compile each decoder layer's forward, with activation checkpointing kept outside the compiled graph.
 
     After peft, so the adapters are inside the graph. Per layer, not the whole model: the layers are identical, so
     dynamo traces one graph and reuses it for all of them (parameters are graph inputs), compiling in about a
     minute. (The whole 24-layer stack of a 0.5B model as one graph was tried: no result within 5.5 minutes on an
-    H100.) The LM head and the loss stay eager, where a fused linear + cross-entropy (use_liger_kernel) replaces
-    them."""
+    H100.) The LM head and the loss stay eager, where chunked_loss or a fused linear + cross-entropy replaces them.
+
+    Why the checkpoint stays outside: transformers checkpoints inside each layer's forward, so compiling the layer
+    puts the checkpoint inside the graph, where the partitioner chooses what to save for the backward and keeps
+    several activations per layer instead of the layer's input alone (tests/utils/test_compile_layers.py counts
+    them). Outside, the checkpoint stores only the input and replays the compiled forward in the backward; a graph
+    break (peft's DoRA forward has some) then splits the layer into pieces instead of sending it back to eager."""
     if not args.compile_layers:
         return model
-    if args.use_dora and args.activation_checkpointing:
-        # peft's DoRA forward breaks dynamo's graph (it clears a dict, calls str.startswith); inside an activation
-        # checkpoint a break sends the whole layer back to eager, so compiling would silently do nothing.
-        raise ValueError("compile_layers cannot compile DoRA layers under activation checkpointing (peft's DoRA "
-                         "forward breaks the graph): set activation_checkpointing false, or compile_layers false")
     from transformers.modeling_layers import GradientCheckpointingLayer
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise ValueError(f"compile_layers: {type(model).__name__} has no decoder layers to compile")
     # Each layer object is its own guard target: one cache entry per layer before dynamo gives up.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
+    compiled = {}
     for layer in layers:
-        layer.compile(dynamic=True)
+        cls = type(layer)
+        plain = getattr(cls.forward, "__wrapped__", cls.forward)  # the forward inside transformers' checkpointing
+        if cls not in compiled:
+            compiled[cls] = torch.compile(plain, dynamic=True)
+        layer.forward = functools.partial(_checkpointed_forward, layer, compiled[cls])
     return model
+
+
+@torch._dynamo.disable
+def _checkpointed_forward(layer, forward, *args, **kwargs):
+    """transformers' checkpointing switch (gradient_checkpointing_enable/disable set it), around the compiled
+    forward; inputs that need grad stay positional, as a reentrant checkpoint requires."""
+    if layer.gradient_checkpointing and layer.training:
+        return layer._gradient_checkpointing_func(functools.partial(forward, layer, **kwargs), *args)
+    return forward(layer, *args, **kwargs)
 
 
 def build_optimizer(model, args):
