@@ -47,6 +47,8 @@ GRAPHS = dict(padding_free=True, attn_implementation="varlen", chunked_loss=True
               optim="adamw_torch_fused")
 OURS.update({
     "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
+    "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4: half the peak
+    "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
     "dojo_lora_graphs_eager": dict(GRAPHS),
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
@@ -129,6 +131,7 @@ def run_ours(name: str, a) -> dict:
     pb = load_peer_bench(a.peer_bench)
     spec = dict(OURS[name])
     model_key, batch = spec.pop("model", a.model), spec.pop("batch", a.batch)
+    accumulate = spec.pop("accumulate", 1)  # the same samples per optimizer step, in this many micro-batches
     warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
     dims = pb.MODEL_DIMS[model_key]
     total = warmup + steps
@@ -136,8 +139,8 @@ def run_ours(name: str, a) -> dict:
     tok = pb.build_tokenizer()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     fields = dict(
-        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True, per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1, max_steps=total + a.profile_steps, learning_rate=2e-4,
+        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True,
+        per_device_train_batch_size=batch // accumulate, gradient_accumulation_steps=accumulate, max_steps=total + a.profile_steps, learning_rate=2e-4,
         lr_scheduler_type="constant", warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora",
         lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, seed=a.seed, data_seed=a.seed)
@@ -167,7 +170,7 @@ def run_ours(name: str, a) -> dict:
     if host_profile:
         print(host_profile.report())
     batches = meter.values()
-    win = batches[warmup:total]
+    win = batches[warmup * accumulate:total * accumulate]  # micro-batches of the timed optimizer steps
     dt = timer.t1 - timer.t0
     T, S2 = sum(b["real"] for b in win), sum(b["sumsq"] for b in win)
     n_train = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -176,9 +179,10 @@ def run_ours(name: str, a) -> dict:
         flops = 6.0 * pb.matmul_params(dims) * T + attention
     else:
         flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_train * T + attention
-    losses = [float(x) for x in meter.losses]
+    micro = [float(x) for x in meter.losses]  # each micro-batch's share of its step's loss (num_items scaling)
+    losses = [sum(micro[i:i + accumulate]) for i in range(0, len(micro), accumulate)]
     worst = max(batches, key=lambda b: b["padded"])  # the step with the most tokens fed
-    rows_fed = 1 if args.padding_free else batch
+    rows_fed = 1 if args.padding_free else batch // accumulate
     predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, worst["padded"],
                               worst["padded"] // rows_fed, rows_fed)
     res = dict(config=name, status="ok", model=model_key, batch=batch, tokens_per_s=round(T / dt, 1),
