@@ -14,6 +14,6 @@ if [ -n "${TESTS:-}" ]; then
   timeout "${TESTS_TIMEOUT:-240}" python3 -m pytest -q -p no:cacheprovider -m gpu $TESTS 2>&1 | tail -25 | tee -a "$OUT/bench.log"
 fi
 timeout "${BENCH_TIMEOUT:-540}" python3 bench/bench.py --out "$W" --peer_bench .device_assets/bench/peer_bench.py "$@" \
-  2>&1 | grep -v -i "warn" | tee -a "$OUT/bench.log"
+  2>&1 | grep --line-buffered -v -i "warn" | tee -a "$OUT/bench.log"
 cp "$W/results.json" "$OUT/" 2>/dev/null
 tar czf "$OUT/logs.tgz" -C "$W" . 2>/dev/null

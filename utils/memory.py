@@ -7,16 +7,19 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     optimizer    AdamW's two moments per trainable parameter (same dtype; 8-bit optimizers: 1 byte each)
     gradients    one per trainable parameter, in its dtype
     activations  with checkpointing: every layer's input; without: every layer's saved tensors. Plus the
-                 attention mask for packed or padded rows.
-    loss_or_layer  at the loss: the full-vocabulary logits (bf16 logits, their fp32 copy, fp32 log-softmax and its
-                 gradient: LOGIT_BYTES per logit), liger's fused linear + cross-entropy buffers, or chunked_loss's
-                 hidden-state gradient and one chunk of logits (utils/loss.py); at the end of
-                 the backward: the one layer being recomputed. The larger of the two moments is the peak.
+                 attention mask for packed or padded rows. (QLoRA: the residual stream is fp32, since peft's
+                 prepare_model_for_kbit_training keeps norms and embeddings in fp32.)
+    loss_or_layer  the larger of two moments. At the loss: the full-vocabulary logits (bf16 logits, their fp32
+                 copy, fp32 log-softmax and its gradient: LOGIT_BYTES per logit), liger's fused linear +
+                 cross-entropy buffers, or chunked_loss's hidden-state gradient and one chunk of logits
+                 (utils/loss.py). At the first layer's backward: that layer's saved tensors (recomputed, under
+                 checkpointing) and the gradients of the same size that its backward creates.
     workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
                  WORKSPACE_FRACTION of the rest.
 
-The constants were fitted on H100 measurements of the 0.5B bench rows (bench/README.md compares prediction and
-peak); they describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama, Yi, Mistral, Gemma, Phi-3).
+LOGIT_BYTES and the workspace were fitted on H100 measurements of 0.5B bench rows; bench/README.md compares
+prediction and peak on every bench row. They describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama,
+Yi, Mistral, Gemma, Phi-3).
 """
 from __future__ import annotations
 
@@ -44,14 +47,15 @@ def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
     return len(longest) * longest[0], longest[0], len(longest)
 
 
-def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2) -> int:
-    """Tensors one decoder layer saves for its backward, per token: the inputs of the two norms (fp32 upcast
-    included), q/k/v and the attention output, and the MLP's gate, up, activation and product."""
+def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2, residual_bytes: int = 2) -> int:
+    """Tensors one decoder layer saves for its backward, per token: the residual-stream tensors (the inputs of the
+    two norms, their outputs) with fp32 norm statistics, q/k/v and the attention output, and the MLP's gate, up,
+    activation and product."""
     h, inter = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     q, kv = heads * head_dim, config.num_key_value_heads * head_dim
-    per_token = dtype_bytes * (4 * h + 2 * q + 2 * kv + 4 * inter) + 4 * 2 * h  # + fp32 norm statistics
+    per_token = residual_bytes * 4 * h + dtype_bytes * (2 * q + 2 * kv + 4 * inter) + 4 * 2 * h
     return tokens * per_token
 
 
@@ -84,20 +88,24 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     optimizer = 2 * (trainable_count * EIGHT_BIT_OPTIMIZERS[optim] if optim in EIGHT_BIT_OPTIMIZERS
                      else trainable_bytes)
     layers, hidden = config.num_hidden_layers, config.hidden_size
-    one_layer = layer_activation_bytes(config, tokens)
+    residual = 4 if args.train_mode == "qlora" else 2  # QLoRA: fp32 norms and embeddings, so an fp32 residual
+    one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual)
+    dora = 0
     if getattr(args, "use_dora", False):  # DoRA keeps each adapted linear's base output (bf16 + fp32 rescale)
         out_features = sum(m.out_features for n, m in model.named_modules()
                            if n.endswith("base_layer") and hasattr(m, "out_features"))
-        one_layer += 6 * tokens * out_features // layers
+        dora = 6 * tokens * out_features // layers
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
-    kept = (layers * tokens * hidden * 2 if args.activation_checkpointing else layers * one_layer) + mask
+    inputs = layers * tokens * hidden * residual
+    kept = (inputs if args.activation_checkpointing else layers * (one_layer + dora)) + mask
     head = model.get_output_embeddings().weight
     if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
-        chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))  # fp32 head gradient if trained
+        # a trained head's fp32 gradient and its cast to the head's dtype, QLoRA's fp32 head cast for the matmul
+        chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))
         loss = tokens * hidden * head.element_size() + 2 * chunk * config.vocab_size * head.element_size() \
-            + (head.numel() * 4 if head.requires_grad else 0) \
-            + (head.numel() * 2 if args.train_mode == "qlora" else 0)  # QLoRA's fp32 head, cast for the matmul
+            + (head.numel() * (4 + head.element_size()) if head.requires_grad else 0) \
+            + (head.numel() * 2 if args.train_mode == "qlora" else 0)
     elif getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
         # and the fp32 head gradient when the head is trained
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
@@ -106,9 +114,10 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     # gradients exist before the backward when accumulating, and always under cuda_graphs (fixed buffers)
     grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False) else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
-    at_backward_end = dict(gradients=trainable_bytes, activations=mask,
-                           loss_or_layer=one_layer if args.activation_checkpointing else 0)
-    phase = max((at_loss, at_backward_end), key=lambda d: sum(d.values()))
+    # the last layer's backward: its saved tensors (recomputed under checkpointing) and as many bytes of gradients
+    layer_backward = (one_layer + dora if args.activation_checkpointing else 0) + one_layer
+    at_backward = dict(gradients=trainable_bytes, activations=kept, loss_or_layer=layer_backward)
+    phase = max((at_loss, at_backward), key=lambda d: sum(d.values()))
     parts = {"weights": frozen + trainable_bytes, "optimizer": optimizer, **phase}
     parts["workspace"] = WORKSPACE_MIN + WORKSPACE_FRACTION * sum(parts.values())
     parts = {k: v / GB for k, v in parts.items()}

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 from train_args.base import TrainArgs
-from utils.model import apply_peft
+from utils.model import apply_peft, compile_layers
 from utils.trainer import build_collator, DojoTrainer
 
 PLAIN = dict(attn_implementation="sdpa")
@@ -32,7 +32,7 @@ def _run(tmp_path, fields, device="cpu", train_mode="lora", bf16=False, steps=4)
                      lora_dropout=0.0, init_lora_weights="gaussian", disable_tqdm=True, padding_free=True,
                      train_mode=train_mode, dataloader_pin_memory=False, **fields)
     model = transformers.Qwen2ForCausalLM(config).to(torch.bfloat16 if bf16 else torch.float32)
-    model = apply_peft(model, args)
+    model = compile_layers(apply_peft(model, args), args)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     g = torch.Generator().manual_seed(1)
     rows = []
@@ -66,11 +66,13 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("train_mode", ["lora", "full"])
-def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode):
-    """fp32 on the GPU (masked attention path): replayed graphs give the eager losses and weights."""
+@pytest.mark.parametrize("train_mode,compiled", [("lora", False), ("full", False), ("lora", True)])
+def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode, compiled):
+    """fp32 on the GPU (masked attention path): replayed graphs give the eager losses and weights, also with the
+    layers compiled and checkpointed outside the compiled graph (the bench's configuration)."""
     plain_losses, plain_weights, _ = _run(tmp_path, PLAIN, device="cuda", train_mode=train_mode)
-    losses, weights, trainer = _run(tmp_path, FAST, device="cuda", train_mode=train_mode)
+    losses, weights, trainer = _run(tmp_path, dict(FAST, compile_layers=compiled), device="cuda",
+                                    train_mode=train_mode)
     assert len(trainer._graphed.graphs) >= 2  # several padded lengths, each its own graph
     assert losses == pytest.approx(plain_losses, rel=1e-4)
     for name, w in plain_weights.items():
