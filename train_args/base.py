@@ -89,7 +89,8 @@ class TrainArgs(TrainingArguments):
         "Fast path (one CUDA GPU): replay each micro-batch's forward + backward as a CUDA graph, one launch instead "
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
         "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
-        "On CPU the plain step runs."))
+        "Use lora_dropout 0: with dropout, checkpointing saves CUDA RNG state, which some torch versions refuse "
+        "inside a capture. On CPU the plain step runs."))
     cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     dry_run: bool = field(default=False, metadata=_help(

@@ -86,3 +86,11 @@ def test_cuda_graphs_bf16_flash_varlen_tracks_the_plain_loss(tmp_path):
     losses, _, trainer = _run(tmp_path, FAST, device="cuda", bf16=True, steps=6)
     assert trainer._graphed.graphs
     assert losses == pytest.approx(plain_losses, rel=2e-2)
+
+
+def test_cuda_graphs_without_dropout_checkpoint_without_rng_state():
+    fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
+    assert TrainArgs(lora_dropout=0.0, **fast).activation_checkpointing_kwargs == {
+        "preserve_rng_state": False, "use_reentrant": False}
+    # with dropout the recompute must replay the same masks: the RNG state is kept
+    assert "preserve_rng_state" not in TrainArgs(lora_dropout=0.1, **fast).activation_checkpointing_kwargs
