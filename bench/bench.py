@@ -140,7 +140,8 @@ def run_ours(name: str, a) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     fields = dict(
         output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True,
-        per_device_train_batch_size=batch // accumulate, gradient_accumulation_steps=accumulate, max_steps=total + a.profile_steps, learning_rate=2e-4,
+        per_device_train_batch_size=batch // accumulate, gradient_accumulation_steps=accumulate,
+        max_steps=total + a.profile_steps, learning_rate=2e-4,
         lr_scheduler_type="constant", warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora",
         lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
         disable_tqdm=True, seed=a.seed, data_seed=a.seed)

@@ -83,7 +83,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_weight, num_items = ctx.saved_tensors
         scale = grad_output / num_items
         grad_h = (grad_x * scale.to(grad_x.dtype)).to(ctx.dtypes[0])
-        # in place: a trained head's fp32 gradient is vocabulary x hidden (0.5 GB on Qwen2.5-0.5B); no second copy
+        # in place: a trained head's fp32 gradient is vocabulary x hidden (0.5 GB on Qwen2.5-0.5B); no second copy.
+        # (A second backward through this graph then fails autograd's version check instead of double-scaling.)
         grad_w = grad_weight.mul_(scale).to(ctx.dtypes[1]) if grad_weight is not None else None
         return grad_h, grad_w, None, None, None
 

@@ -12,8 +12,8 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     loss_or_layer  the larger of two moments. At the loss: the full-vocabulary logits (bf16 logits, their fp32
                  copy, fp32 log-softmax and its gradient: LOGIT_BYTES per logit), liger's fused linear +
                  cross-entropy buffers, or chunked_loss's hidden-state gradient and one chunk of logits
-                 (utils/loss.py). At the first layer's backward: that layer's saved tensors (recomputed, under
-                 checkpointing) and the gradients of the same size that its backward creates.
+                 (utils/loss.py). At the backward of the last layer (the first differentiated): its saved
+                 tensors (recomputed, under checkpointing) and the gradients of the same size its backward creates.
     workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
                  WORKSPACE_FRACTION of the rest.
 
@@ -112,9 +112,11 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     else:
         loss = tokens * config.vocab_size * LOGIT_BYTES
     # gradients exist before the backward when accumulating, and always under cuda_graphs (fixed buffers)
-    grads_at_loss = trainable_bytes if args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False) else 0
+    held = args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False)
+    grads_at_loss = trainable_bytes if held else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
-    # the last layer's backward: its saved tensors (recomputed under checkpointing) and as many bytes of gradients
+    # the backward of the last layer (the first one differentiated): every layer's input is still kept, and the
+    # layer holds its saved tensors (recomputed under checkpointing) and as many bytes of gradients
     layer_backward = (one_layer + dora if args.activation_checkpointing else 0) + one_layer
     at_backward = dict(gradients=trainable_bytes, activations=kept, loss_or_layer=layer_backward)
     phase = max((at_loss, at_backward), key=lambda d: sum(d.values()))

@@ -101,7 +101,8 @@ def compile_layers(model, args):
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
     if not layers:
         raise ValueError(f"compile_layers: {type(model).__name__} has no decoder layers to compile")
-    # Each layer object is its own guard target: one cache entry per layer before dynamo gives up.
+    # One compiled forward per layer class, called with each layer as an argument: dynamo may keep an entry per
+    # layer object, so the cache must hold them all before it gives up and runs eager.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(layers))
     compiled = {}
     for layer in layers:
