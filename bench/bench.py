@@ -53,6 +53,7 @@ OURS.update({
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
     "dojo_dora_graphs": dict(GRAPHS, use_dora=True, compile_layers=True),
+    "dojo_dora_graphs_factored": dict(GRAPHS, use_dora=True, compile_layers=True, factored_dora_norm=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),

@@ -63,6 +63,9 @@ class TrainArgs(TrainingArguments):
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
+    factored_dora_norm: bool = field(default=False, metadata=_help(
+        "Fast path for DoRA: each row norm ||W + sBA|| from W A^T, A A^T and the frozen ||W||, without building the "
+        "adapted (out x in) weight in every forward as peft does. Same loss and gradients (utils/dora.py)."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
@@ -138,6 +141,8 @@ class TrainArgs(TrainingArguments):
             raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
         if self.use_dora and self.train_mode == "full":
             raise ValueError("use_dora needs train_mode lora or qlora")
+        if self.factored_dora_norm and not self.use_dora:
+            raise ValueError("factored_dora_norm is a DoRA fast path: set use_dora true as well")
         if self.train_on not in ("all", "last"):
             raise ValueError(f"train_on must be 'all' or 'last', got {self.train_on!r}")
         if self.special_text not in ("error", "keep"):

@@ -8,6 +8,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 import utils.attention  # noqa: F401  (registers attn_implementation "varlen" with transformers)
+from utils.dora import use_factored_dora_norm
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -79,7 +80,10 @@ def build_peft_config(args) -> LoraConfig:
 def apply_peft(model, args):
     if args.train_mode == "full":
         return model
-    return get_peft_model(model, build_peft_config(args))
+    model = get_peft_model(model, build_peft_config(args))
+    if args.factored_dora_norm:
+        use_factored_dora_norm(model)
+    return model
 
 
 def compile_layers(model, args):

@@ -14,8 +14,8 @@ from utils.trainer import PaddingFreeCollator
 
 def _args(**kw):
     base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
-                use_dora=False, use_rslora=False, init_lora_weights="gaussian", compile_layers=False,
-                activation_checkpointing=True)
+                use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
+                compile_layers=False, activation_checkpointing=True)
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -44,12 +44,13 @@ def _loss_and_grads(model, batch):
     return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("train_mode,use_dora,checkpointing", [
-    ("lora", False, True), ("full", False, True), ("lora", True, False), ("lora", True, True)])
-def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, checkpointing):
+@pytest.mark.parametrize("train_mode,use_dora,checkpointing,factored", [
+    ("lora", False, True, False), ("full", False, True, False), ("lora", True, False, False),
+    ("lora", True, True, False), ("lora", True, True, True)])
+def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, checkpointing, factored):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    eager = apply_peft(_model(), _args(train_mode=train_mode, use_dora=use_dora))
+    eager = apply_peft(_model(), _args(train_mode=train_mode, use_dora=use_dora, factored_dora_norm=factored))
     compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True, use_dora=use_dora,
                                                           activation_checkpointing=checkpointing))
     for m in (eager, compiled):

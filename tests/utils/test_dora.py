@@ -1,0 +1,103 @@
+"""factored_dora_norm: DoRA's row norm from W Aᵀ and A Aᵀ gives peft's norm, loss, gradients and merge."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+
+from utils.dora import FactoredNormDora, factored_row_norm
+from utils.model import apply_peft
+from utils.trainer import PaddingFreeCollator
+
+
+def _args(**kw):
+    base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
+                use_dora=True, factored_dora_norm=False, use_rslora=False, init_lora_weights=False)
+    return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
+
+
+def _model():
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa", pad_token_id=0)
+    config.use_cache = False
+    return transformers.Qwen2ForCausalLM(config).float()
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for n in (7, 19, 12):
+        ids = torch.randint(3, 128, (n,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
+    return PaddingFreeCollator()(feats)
+
+
+def _loss_and_grads(model, batch, seed=0):
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same dropout masks in both models
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_factored_row_norm_equals_the_norm_of_the_adapted_weight(dtype, tol):
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 40, generator=g).to(dtype)
+    a, b = torch.randn(8, 40, generator=g), torch.randn(48, 8, generator=g)
+    expected = torch.linalg.norm(weight.float() + 0.7 * b @ a, dim=1)
+    sq_norm = (weight.float() ** 2).sum(dim=1)
+    torch.testing.assert_close(factored_row_norm(weight, sq_norm, a, b, 0.7), expected, rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_factored_dora_norm_matches_peft_loss_and_gradients(dropout):
+    plain = apply_peft(_model(), _args(lora_dropout=dropout))
+    fast = apply_peft(_model(), _args(lora_dropout=dropout, factored_dora_norm=True))
+    switched = [m for m in fast.modules() if isinstance(m, FactoredNormDora)]
+    assert len(switched) == 2 * 7  # every adapted linear of both layers
+    fast.load_state_dict(plain.state_dict())  # the same adapters (init draws differ only by module order)
+    for m in (plain, fast):
+        m.train()
+    for step in range(2):
+        ref_loss, ref_grads = _loss_and_grads(plain, _batch(step), seed=step)
+        loss, grads = _loss_and_grads(fast, _batch(step), seed=step)
+        torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+        assert grads.keys() == ref_grads.keys() and any("magnitude" in k for k in grads)
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_factored_dora_norm_follows_adapter_updates_and_merges_like_peft():
+    """The norm is recomputed from the current A and B (no stale cache after an optimizer step), and merging
+    (peft's own code) gives the model the unmerged one computes."""
+    fast = apply_peft(_model(), _args(factored_dora_norm=True))
+    plain = copy.deepcopy(fast)
+    for m in plain.modules():
+        if isinstance(m, FactoredNormDora):
+            m.__class__ = FactoredNormDora.__mro__[1]  # back to peft's DoraLinearLayer
+    with torch.no_grad():
+        for model in (fast, plain):
+            torch.manual_seed(1)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(torch.randn_like(p))  # what an optimizer step does to B
+    batch = _batch()
+    fast.eval()
+    plain.eval()
+    with torch.no_grad():
+        logits = fast(**batch).logits
+        torch.testing.assert_close(logits, plain(**batch).logits, atol=1e-5, rtol=1e-5)
+        merged = fast.merge_and_unload()(**batch).logits
+    torch.testing.assert_close(merged, logits, atol=1e-4, rtol=1e-4)
+
+
+def test_factored_dora_norm_needs_use_dora():
+    from train_args.base import TrainArgs
+    with pytest.raises(ValueError, match="factored_dora_norm is a DoRA fast path"):
+        TrainArgs(output_dir="unused", factored_dora_norm=True, report_to="none")

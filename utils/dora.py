@@ -1,0 +1,71 @@
+"""DoRA's weight norm without building the adapted weight: `factored_dora_norm: true`.
+
+DoRA scales each output row of W + s·BA by m / ||W + s·BA|| (the norm a constant for autograd, as in the paper's
+section 4.3). peft computes that norm in every forward (and again in a checkpoint's recompute) by building the
+whole adapted weight: BA through an identity matmul, then W + s·BA, then the row norms -- several passes over an
+(out x in) matrix per adapted linear, the part of DoRA's cost that LoRA lacks besides a rescale of the output.
+
+Expanding the square needs none of that (row i; A is r x in, B is out x r):
+    ||W_i + s·(BA)_i||² = ||W_i||² + 2s·<B_i, (W Aᵀ)_i> + s²·B_i (A Aᵀ) B_iᵀ
+||W_i||² never changes (the base is frozen) and is computed once; W Aᵀ is one skinny matmul that reads W once;
+A Aᵀ is r x r. So each forward reads W once instead of writing and reading several out x in temporaries.
+
+Only the norm changes: the rest of the forward is peft's (same inputs, outputs and dtypes), so saving, merging
+and loading adapters are untouched. tests/utils/test_dora.py checks loss and gradients against peft's path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.dora import DoraLinearLayer
+from peft.utils.integrations import dequantize_module_weight
+
+
+def factored_row_norm(weight, weight_sq_norm, lora_a, lora_b, scaling: float) -> torch.Tensor:
+    """||W + scaling·B A|| per row, in fp32, from W Aᵀ (one pass over W) and the cached ||W||² rows."""
+    a = lora_a.float()
+    b = lora_b.float()
+    w_at = (weight @ a.to(weight.dtype).T).float()  # (out, r): the only read of W
+    cross = (b * w_at).sum(dim=1)
+    quad = ((b @ (a @ a.T)) * b).sum(dim=1)
+    return (weight_sq_norm + 2 * scaling * cross + scaling * scaling * quad).clamp_min(0).sqrt()
+
+
+class FactoredNormDora(DoraLinearLayer):
+    """peft's DoRA linear layer with the row norm of `factored_row_norm`; ||W||² rows cached in a buffer."""
+
+    weight_sq_norm: torch.Tensor
+
+    def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+        weight = dequantize_module_weight(base_layer).to(x.dtype)
+        with torch.no_grad():  # a constant for autograd, as in peft
+            norm = factored_row_norm(weight, self.weight_sq_norm, lora_A.weight, lora_B.weight, scaling)
+        mag_norm_scale = (self.weight / norm.to(x.dtype)).view(1, -1)
+        lora_result = lora_B(lora_A(x))
+        if base_result is not None:
+            if base_layer.bias is not None:
+                base_result = base_result - base_layer.bias
+        else:  # lora dropout: the base output of the dropped-out input
+            base_result = F.linear(x, weight)
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def use_factored_dora_norm(model) -> int:
+    """Switch every DoRA linear layer of a peft model to the factored norm; returns how many were switched.
+
+    Layers that store W transposed (fan_in_fan_out, GPT-2's Conv1D) keep peft's forward."""
+    switched = 0
+    for module in model.modules():
+        magnitudes = getattr(module, "lora_magnitude_vector", None)
+        if not isinstance(magnitudes, torch.nn.ModuleDict):
+            continue
+        for dora in magnitudes.values():
+            if type(dora) is not DoraLinearLayer or dora.fan_in_fan_out:
+                continue
+            with torch.no_grad():
+                weight = dequantize_module_weight(module.get_base_layer()).float()
+                sq_norm = (weight * weight).sum(dim=1)
+            dora.__class__ = FactoredNormDora
+            dora.register_buffer("weight_sq_norm", sq_norm.to(dora.weight.device), persistent=False)
+            switched += 1
+    return switched
