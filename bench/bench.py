@@ -47,7 +47,8 @@ GRAPHS = dict(padding_free=True, attn_implementation="varlen", chunked_loss=True
               optim="adamw_torch_fused")
 OURS.update({
     "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
-    "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4: half the peak
+    "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4 samples
+    "dojo_lora_graphs_memory": dict(GRAPHS, compile_layers=True, memory_peak=True),  # tensors alive at the peak
     "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
     "dojo_lora_graphs_eager": dict(GRAPHS),
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
@@ -133,6 +134,7 @@ def run_ours(name: str, a) -> dict:
     spec = dict(OURS[name])
     model_key, batch = spec.pop("model", a.model), spec.pop("batch", a.batch)
     accumulate = spec.pop("accumulate", 1)  # the same samples per optimizer step, in this many micro-batches
+    record_peak = spec.pop("memory_peak", a.memory_peak)  # record allocations (slows the row: for diagnosis)
     warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
     dims = pb.MODEL_DIMS[model_key]
     total = warmup + steps
@@ -161,11 +163,11 @@ def run_ours(name: str, a) -> dict:
                             callbacks=[timer] + ([host_profile] if host_profile else []))
     meter = pb.Meter()
     instrument(trainer, meter)
-    captures = watch_captures() if dev == "cuda" else []
+    captures = watch_captures(meter) if dev == "cuda" else []
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    baseline = memory_peak.start() if a.memory_peak and dev == "cuda" else None
+    baseline = memory_peak.start() if record_peak and dev == "cuda" else None
     trainer.train()
     if baseline is not None:
         print(memory_peak.report(baseline))
@@ -204,8 +206,9 @@ def run_ours(name: str, a) -> dict:
     return res
 
 
-def watch_captures() -> list[dict]:
-    """Per CUDA-graph capture: when (step), its length, and the allocated-memory peak it reached (GB)."""
+def watch_captures(meter) -> list[dict]:
+    """Per CUDA-graph capture: when (micro-batch index), its length, its time and the allocated-memory peak it
+    reached (GB). A capture inside the timed window is in the row's tokens/s."""
     import torch
 
     from utils.cuda_graphs import GraphedStep
@@ -214,8 +217,8 @@ def watch_captures() -> list[dict]:
     def watched(self, inputs, *rest):
         t0 = time.perf_counter()
         entry = capture(self, inputs, *rest)
-        log.append(dict(tokens=inputs["input_ids"].shape[-1], seconds=round(time.perf_counter() - t0, 2),
-                        peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3)))
+        log.append(dict(micro_batch=len(meter.batches) - 1, tokens=inputs["input_ids"].shape[-1],
+                        seconds=round(time.perf_counter() - t0, 2), peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3)))
         return entry
 
     GraphedStep.capture = watched

@@ -42,6 +42,8 @@ class GraphedStep:
         self.grads = [torch.zeros_like(p) for p in params]
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.side = torch.cuda.Stream()  # one warm-up stream for every capture (each new stream gets its own
+        # cuBLAS workspace, and cached blocks of one stream are not reused on another)
 
     @staticmethod
     def key(inputs: dict) -> tuple:
@@ -59,12 +61,11 @@ class GraphedStep:
         # the warm-up runs add to the gradients: keep what earlier micro-batches of this step accumulated
         accumulated = None if first_micro_batch else [g.clone() for g in self.grads]
         self._bind_grads(zero=False)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
             for _ in range(WARMUP_RUNS if self.graphs else FIRST_WARMUP_RUNS):
                 self.loss_fn(static, items).backward()
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream().wait_stream(self.side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             loss = self.loss_fn(static, items)
