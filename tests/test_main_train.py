@@ -79,6 +79,22 @@ def test_family_method_trains_saves_and_reloads(family, method, tiny_model, toy_
     assert (out / "loss_curve.png").is_file() and (out / "train_args.json").is_file()
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_factored_dora_norm_trains_and_reloads_as_plain_peft_dora(method, tiny_model, toy_data, tmp_path):
+    """The factored norm is a forward of our own: what it trained, peft's own DoRA forward reproduces on reload."""
+    model_dir, out = tiny_model("qwen"), tmp_path / "out"
+    trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", "qwen", "--train_mode", method,
+                                         "--use_dora", "true", "--factored_dora_norm", "true"))
+    from utils.dora import FactoredNormDora
+    assert any(isinstance(m, FactoredNormDora) for m in trainer.model.modules())
+    ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
+    with torch.no_grad():
+        trained = eval_mode(trainer.model)(input_ids=ids).logits
+        reloaded = eval_mode(reload(out, model_dir, method))
+        assert not any(isinstance(m, FactoredNormDora) for m in reloaded.modules())
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+
+
 def test_generation_config_stops_on_every_template_stop_token(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
     main_train.main(train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen", "--max_steps", "1"))

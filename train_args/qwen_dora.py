@@ -15,4 +15,5 @@ class QwenDoraArgs(ChatSFTRecipe):
     output_dir: str = "output/qwen_dora"
     train_mode: str = "lora"
     use_dora: bool = True
+    factored_dora_norm: bool = True  # the same norms as peft's, without building W + sBA in every forward
     learning_rate: float = 2e-4
