@@ -47,14 +47,19 @@ def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
     return len(longest) * longest[0], longest[0], len(longest)
 
 
-def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2, residual_bytes: int = 2) -> int:
-    """Tensors one decoder layer saves for its backward, per token: the residual-stream tensors (the inputs of the
-    two norms, their outputs) with fp32 norm statistics, q/k/v and the attention output, and the MLP's gate, up,
-    activation and product."""
+def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2, residual_bytes: int = 2,
+                           compiled: bool = False) -> int:
+    """Tensors one decoder layer saves for its backward, per token. Eager: the residual-stream tensors (the inputs
+    of the two norms, their outputs) with fp32 norm statistics, q/k/v and the attention output, and the MLP's gate,
+    up, activation and product. Compiled (compile_layers): the partitioner recomputes the cheap elementwise ops in
+    the backward and saves three MLP-wide tensors, four hidden-wide ones, q/k/v and the attention output, and one
+    fp32 hidden-wide tensor. tests/utils/test_memory.py counts both on a Qwen2 layer under bf16 autocast."""
     h, inter = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     q, kv = heads * head_dim, config.num_key_value_heads * head_dim
+    if compiled:
+        return tokens * (dtype_bytes * (3 * inter + 4 * h + 2 * q + 2 * kv) + 4 * h)
     per_token = residual_bytes * 4 * h + dtype_bytes * (2 * q + 2 * kv + 4 * inter) + 4 * 2 * h
     return tokens * per_token
 
@@ -89,7 +94,8 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
                      else trainable_bytes)
     layers, hidden = config.num_hidden_layers, config.hidden_size
     residual = 4 if args.train_mode == "qlora" else 2  # QLoRA: fp32 norms and embeddings, so an fp32 residual
-    one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual)
+    one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual,
+                                       compiled=getattr(args, "compile_layers", False))
     dora = 0
     if getattr(args, "use_dora", False):  # DoRA keeps each adapted linear's base output (bf16 + fp32 rescale)
         out_features = sum(m.out_features for n, m in model.named_modules()

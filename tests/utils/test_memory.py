@@ -54,6 +54,56 @@ def test_checkpointing_keeps_only_layer_inputs():
     assert off["activations"] > 4 * on["activations"]
 
 
+def _saved_bytes_per_token_in_layers(model, tokens: int) -> float:
+    """Bytes of the distinct non-parameter tensors the decoder layers save for the backward, per token and layer,
+    in a bf16-autocast forward (as the Trainer runs it on a GPU)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    inside, storages = [False], {}
+    hooks = [h for layer in layers for h in (layer.register_forward_pre_hook(lambda *a: inside.__setitem__(0, True)),
+                                             layer.register_forward_hook(lambda *a: inside.__setitem__(0, False)))]
+
+    def pack(t):
+        if inside[0] and t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(3, 128, (1, tokens), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    return sum(storages.values()) / tokens / len(layers)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_layer_activation_bytes_match_what_a_lora_layer_saves(compiled):
+    """The per-token bytes the estimate counts for one layer, against the tensors autograd really keeps (eager, or
+    the compiled layer's partitioned graph), within 10%."""
+    import copy
+    from types import SimpleNamespace
+
+    from utils.memory import layer_activation_bytes
+    from utils.model import apply_peft, compile_layers
+    config = transformers.Qwen2Config(vocab_size=128, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                      attn_implementation="sdpa", use_cache=False)
+    torch.manual_seed(0)
+    fields = dict(train_mode="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=None,
+                  use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
+                  compile_layers=compiled, activation_checkpointing=False)
+    model = apply_peft(transformers.Qwen2ForCausalLM(config).to(torch.bfloat16), SimpleNamespace(**fields))
+    if compiled:
+        torch._dynamo.reset()
+        model = compile_layers(copy.deepcopy(model), SimpleNamespace(**fields))
+        _saved_bytes_per_token_in_layers(model, 256)  # compile first: dynamo's first run is not the steady graph
+    model.train()
+    counted = _saved_bytes_per_token_in_layers(model, 256)
+    assert layer_activation_bytes(config, 1, compiled=compiled) == pytest.approx(counted, rel=0.10)
+
+
 def test_padded_batch_is_sized_by_its_longest_sample():
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300, 2)
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340, 1)
