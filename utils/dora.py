@@ -11,7 +11,8 @@ Expanding the square needs none of that (row i; A is r x in, B is out x r):
 A Aᵀ is r x r. So each forward reads W once instead of writing and reading several out x in temporaries.
 
 Only the norm changes: the rest of the forward is peft's (same inputs, outputs and dtypes), so saving, merging
-and loading adapters are untouched. tests/utils/test_factored_dora_norm.py checks loss and gradients against peft's path.
+and loading adapters are untouched. tests/utils/test_factored_dora_norm.py checks loss and gradients against
+peft's path.
 """
 from __future__ import annotations
 
