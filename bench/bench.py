@@ -49,6 +49,10 @@ OURS.update({
     "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
     "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4 samples
     "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
+    # the same 8 samples per micro-batch, run in pieces of at most N tokens (peak memory set by N; utils/memory.py
+    # predicts 1.77 GB at 0.5B with 3,584 and 17.9 GB at 7B with 3,072)
+    "dojo_lora_graphs_cap3584": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3584),
+    "dojo_lora7b_graphs_cap3072": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=3072),
     "dojo_lora_graphs_eager": dict(GRAPHS),
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
@@ -103,9 +107,11 @@ def instrument(trainer, meter):
     its real tokens end at the last sample boundary (counted on the GPU, no host sync, as peer_bench's Meter)."""
     import torch
     orig = trainer.training_step
+    meter.fed = []  # tokens per forward: the micro-batch's row, or the longest of its pieces
 
     def training_step(model, inputs, *rest, **kw):
-        if trainer.args.cuda_graphs:
+        meter.fed.append(max(b["input_ids"].numel() for b in inputs.get("pieces", [inputs])))
+        if trainer.args.cuda_graphs and "pieces" not in inputs:  # a split micro-batch keeps its unpadded whole row
             pos, cu = inputs["position_ids"], inputs["cu_seq_lens_q"]
             real = torch.arange(pos.shape[-1], device=pos.device) < cu[-2]
             meter.batches.append(dict(real=real.sum(), nseq=((pos[0] == 0) & real).sum(),
@@ -183,10 +189,9 @@ def run_ours(name: str, a) -> dict:
         flops = 4.0 * pb.matmul_params(dims) * T + 6.0 * n_train * T + attention
     micro = [float(x) for x in meter.losses]  # each micro-batch's share of its step's loss (num_items scaling)
     losses = [sum(micro[i:i + accumulate]) for i in range(0, len(micro), accumulate)]
-    worst = max(batches, key=lambda b: b["padded"])  # the step with the most tokens fed
+    fed = max(meter.fed)  # the most tokens one forward saw (a micro-batch, or its longest piece)
     rows_fed = 1 if args.padding_free else batch // accumulate
-    predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, worst["padded"],
-                              worst["padded"] // rows_fed, rows_fed)
+    predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, fed, fed // rows_fed, rows_fed)
     res = dict(config=name, status="ok", model=model_key, batch=batch, tokens_per_s=round(T / dt, 1),
                step_s=round(dt / steps, 4),
                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
@@ -194,7 +199,7 @@ def run_ours(name: str, a) -> dict:
                loss_last5=round(sum(losses[total - 5:total]) / 5, 4),
                peak_reserved_gb=round(torch.cuda.max_memory_reserved() / 1e9, 3) if dev == "cuda" else None,
                graphs=len(trainer._graphed.graphs) if trainer._graphed else None,
-               max_batch_tokens=worst["padded"], predicted_peak_gb=round(predicted["total"], 3),
+               max_batch_tokens=fed, predicted_peak_gb=round(predicted["total"], 3),
                predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=spec)
     if a.profile_steps:
         res.update(timer.profile_summary())

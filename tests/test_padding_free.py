@@ -59,3 +59,29 @@ def test_padding_free_keeps_samples_apart():
         logits2 = model(input_ids=batch2["input_ids"], position_ids=batch2["position_ids"]).logits
     torch.testing.assert_close(logits[0, 10:], logits2[0, 10:], atol=1e-6, rtol=0)
     assert not torch.allclose(logits[0, :10], logits2[0, :10])
+
+
+
+@pytest.mark.parametrize("bucket", [0, 8])
+def test_pieces_hold_whole_samples_in_order_within_max_tokens(bucket):
+    feats = _features([9, 14, 5, 30, 3, 11])  # 72 tokens; the 30-token sample is longer than max_tokens
+    batch = PaddingFreeCollator(varlen=True, bucket=bucket, max_tokens=20)(feats)
+    whole = PaddingFreeCollator(varlen=True)(feats)
+    for key in ("input_ids", "labels", "position_ids"):  # the whole row is kept, unpadded, for counting and eval
+        assert torch.equal(batch[key], whole[key])
+    lengths, ids, labels = [], [], []
+    for piece in batch["pieces"]:
+        sizes = piece["cu_seq_lens_q"].diff().tolist()
+        sizes = sizes[:-1] if bucket else sizes  # with a bucket the last sample is the (unsupervised) filler
+        assert piece["input_ids"].shape[1] % (bucket or 1) == 0
+        lengths.append(sizes)
+        ids.append(piece["input_ids"][0, :sum(sizes)])
+        labels.append(piece["labels"][0, :sum(sizes)])
+        assert (piece["labels"][0, sum(sizes):] == -100).all()
+    assert lengths == [[9], [14, 5], [30], [3, 11]]
+    assert torch.equal(torch.cat(ids), whole["input_ids"][0]) and torch.equal(torch.cat(labels), whole["labels"][0])
+
+
+def test_a_micro_batch_within_max_tokens_is_not_split():
+    feats = _features([9, 5])
+    assert "pieces" not in PaddingFreeCollator(max_tokens=14)(feats)

@@ -96,6 +96,10 @@ class TrainArgs(TrainingArguments):
         "inside a capture. On CPU the plain step runs."))
     cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
+    micro_batch_max_tokens: int = field(default=0, metadata=_help(
+        "With padding_free: split a micro-batch whose packed row is longer than this into pieces of at most this "
+        "many tokens (whole samples; a longer sample is a piece alone), forward + backward each, gradients summed: "
+        "the same step, with peak memory bounded by tokens instead of by the samples' lengths. 0: off."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
@@ -163,6 +167,9 @@ class TrainArgs(TrainingArguments):
             kwargs = self.activation_checkpointing_kwargs or {}
             kwargs = json.loads(kwargs) if isinstance(kwargs, str) else kwargs
             self.activation_checkpointing_kwargs = {"preserve_rng_state": False, **kwargs}
+        if self.micro_batch_max_tokens < 0 or (self.micro_batch_max_tokens and not self.padding_free):
+            raise ValueError(f"micro_batch_max_tokens must be >= 0 and needs padding_free true (pieces are packed "
+                             f"rows), got {self.micro_batch_max_tokens} with padding_free {self.padding_free}")
         if self.cuda_graph_bucket < 1:
             raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
         if not 0.0 <= self.eval_ratio < 1.0:

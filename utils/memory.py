@@ -37,12 +37,16 @@ EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit"
 
 
 def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
-                       bucket: int = 1) -> tuple[int, int, int]:
+                       bucket: int = 1, max_tokens: int = 0) -> tuple[int, int, int]:
     """(tokens fed, tokens per row, rows) of the largest micro-batch the data can form: the batch_size longest
-    samples, packed into one row, or padded to the longest sample."""
+    samples, packed into one row, or padded to the longest sample. max_tokens (micro_batch_max_tokens): the
+    longest piece the row is split into, at most max_tokens unless one sample is longer."""
     longest = sorted(lengths, reverse=True)[:batch_size]
     if padding_free:
-        tokens = -(-sum(longest) // bucket) * bucket  # cuda_graphs pads the row to a multiple of its bucket
+        tokens = sum(longest)
+        if max_tokens:
+            tokens = min(tokens, max(max_tokens, longest[0]))
+        tokens = -(-tokens // bucket) * bucket  # cuda_graphs pads the row to a multiple of its bucket
         return tokens, tokens, 1
     return len(longest) * longest[0], longest[0], len(longest)
 
@@ -117,8 +121,10 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
     else:
         loss = tokens * config.vocab_size * LOGIT_BYTES
-    # gradients exist before the backward when accumulating, and always under cuda_graphs (fixed buffers)
-    held = args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False)
+    # gradients exist before the backward when accumulating (also over a micro-batch's pieces), and always under
+    # cuda_graphs (fixed buffers)
+    held = (args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False)
+            or getattr(args, "micro_batch_max_tokens", 0))
     grads_at_loss = trainable_bytes if held else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
     # the backward of the last layer (the first one differentiated): every layer's input is still kept, and the
@@ -157,7 +163,8 @@ def meta_model(args, config=None, vocab_size: int | None = None):
 def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
     """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
     bucket = args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
-    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free, bucket)
+    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free, bucket,
+                                               args.micro_batch_max_tokens)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
     return format_estimate(parts, tokens, rows)
 

@@ -55,12 +55,28 @@ class PaddingFreeCollator:
     varlen: also emit the sample boundaries (cu_seq_lens_q/k, max_length_q/k) for attn_implementation varlen.
     bucket: pad the row with one unsupervised filler sample up to a multiple of `bucket` tokens, so that rows
     come in a few fixed lengths (each CUDA graph fixes one); max_length is then the padded length, an upper
-    bound that stays valid for every batch replayed through the same graph."""
+    bound that stays valid for every batch replayed through the same graph.
+    max_tokens: when the row would be longer, also emit "pieces": the same samples, in order, packed into rows of
+    at most max_tokens tokens each (a longer sample is a piece of its own). DojoTrainer runs forward + backward on
+    each piece and sums the gradients, so the step's peak memory is set by max_tokens instead of by how long the
+    micro-batch's samples happen to be. The whole row stays for counting supervised tokens and for evaluation."""
 
-    def __init__(self, varlen: bool = False, bucket: int = 0, pad_token_id: int = 0):
-        self.varlen, self.bucket, self.pad_token_id = varlen, bucket, pad_token_id
+    def __init__(self, varlen: bool = False, bucket: int = 0, pad_token_id: int = 0, max_tokens: int = 0):
+        self.varlen, self.bucket, self.pad_token_id, self.max_tokens = varlen, bucket, pad_token_id, max_tokens
 
     def __call__(self, features):
+        if not self.max_tokens or sum(len(f["input_ids"]) for f in features) <= self.max_tokens:
+            return self.pack(features, self.bucket)
+        pieces, size = [[]], 0
+        for f in features:
+            if pieces[-1] and size + len(f["input_ids"]) > self.max_tokens:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(f)
+            size += len(f["input_ids"])
+        return {**self.pack(features, bucket=0), "pieces": [self.pack(piece, self.bucket) for piece in pieces]}
+
+    def pack(self, features, bucket: int) -> dict:
         ids, labels, positions, bounds = [], [], [], [0]
         for f in features:
             ids += list(f["input_ids"])
@@ -68,8 +84,8 @@ class PaddingFreeCollator:
             positions += range(len(f["input_ids"]))
             bounds.append(len(ids))
         longest = max(b - a for a, b in zip(bounds, bounds[1:]))
-        if self.bucket:
-            filler = -len(ids) % self.bucket
+        if bucket:
+            filler = -len(ids) % bucket
             ids += [self.pad_token_id] * filler
             labels += [IGNORE_INDEX] * filler
             positions += range(filler)
@@ -150,7 +166,7 @@ def build_collator(args, model, tokenizer):
                          f"{model_type!r} is not among {PADDING_FREE_MODEL_TYPES}")
     return PaddingFreeCollator(varlen=args.attn_implementation == VARLEN,
                                bucket=args.cuda_graph_bucket if args.cuda_graphs else 0,
-                               pad_token_id=tokenizer.pad_token_id or 0)
+                               pad_token_id=tokenizer.pad_token_id or 0, max_tokens=args.micro_batch_max_tokens)
 
 
 class DojoTrainer(Trainer):
@@ -184,7 +200,9 @@ class DojoTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits."""
+        """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits.
+        (Evaluation gets the whole row of a split micro-batch: its pieces are for the training step.)"""
+        inputs = {k: v for k, v in inputs.items() if k != "pieces"}
         if not self.args.chunked_loss or return_outputs or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         causal_lm = self.accelerator.unwrap_model(model)
@@ -196,6 +214,18 @@ class DojoTrainer(Trainer):
             return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """A micro-batch split into pieces (micro_batch_max_tokens): one forward + backward per piece, gradients
+        summed; each piece's loss is divided by the whole micro-batch's supervised-token count, so the sum is the
+        whole micro-batch's loss and gradient."""
+        pieces = inputs.get("pieces")
+        if pieces is None:
+            return self._forward_backward(model, inputs, num_items_in_batch)
+        if num_items_in_batch is None:  # each piece would be averaged on its own: the sum would be wrong
+            raise ValueError("micro_batch_max_tokens needs the Trainer's num_items_in_batch (labels in every batch, "
+                             "a model whose loss takes num_items_in_batch)")
+        return sum(self._forward_backward(model, piece, num_items_in_batch) for piece in pieces)
+
+    def _forward_backward(self, model, inputs, num_items_in_batch):
         """cuda_graphs: forward + backward by CUDA graph replay (utils/cuda_graphs.py); else the Trainer's step."""
         if not (self.args.cuda_graphs and torch.cuda.is_available()):  # CPU: the plain step
             return super().training_step(model, inputs, num_items_in_batch)
@@ -209,9 +239,9 @@ class DojoTrainer(Trainer):
 
 
 def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer=None, callbacks=()):
-    if (args.cuda_graphs or args.chunked_loss) and args.world_size > 1:
-        raise ValueError("cuda_graphs and chunked_loss are single-process fast paths; under torchrun use "
-                         "use_liger_kernel for the loss")
+    if (args.cuda_graphs or args.chunked_loss or args.micro_batch_max_tokens) and args.world_size > 1:
+        raise ValueError("cuda_graphs, chunked_loss and micro_batch_max_tokens are single-process paths; under "
+                         "torchrun use use_liger_kernel for the loss and per_device_train_batch_size for memory")
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,

@@ -56,6 +56,26 @@ def test_fast_fields_train_like_the_plain_path(tmp_path, train_mode):
         torch.testing.assert_close(weights[name], w, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("fields", [dict(PLAIN), dict(FAST)])
+def test_micro_batch_pieces_train_like_the_whole_micro_batch(tmp_path, fields):
+    """micro_batch_max_tokens 20 splits most micro-batches (3 samples of 3-30 tokens) into pieces: the same losses
+    and weights as the unsplit run, and evaluation still sees whole rows."""
+    whole_losses, whole_weights, whole = _run(tmp_path / "whole", fields)
+    losses, weights, split = _run(tmp_path / "split", dict(fields, micro_batch_max_tokens=20))
+    assert losses == pytest.approx(whole_losses, rel=1e-5)
+    for name, w in whole_weights.items():
+        torch.testing.assert_close(weights[name], w, atol=1e-5, rtol=1e-4)
+    collate = split.data_collator
+    assert any("pieces" in collate(split.train_dataset[i:i + 3]) for i in range(0, 24, 3))
+    eval_rows = split.train_dataset[:6]
+    assert split.evaluate(eval_rows)["eval_loss"] == pytest.approx(whole.evaluate(eval_rows)["eval_loss"], rel=1e-5)
+
+
+def test_micro_batch_max_tokens_needs_padding_free():
+    with pytest.raises(ValueError, match="micro_batch_max_tokens must be >= 0 and needs padding_free"):
+        TrainArgs(output_dir="unused", micro_batch_max_tokens=1024)
+
+
 def test_cuda_graphs_need_padding_free_varlen():
     with pytest.raises(ValueError, match="cuda_graphs needs padding_free"):
         TrainArgs(output_dir="unused", cuda_graphs=True, padding_free=True)

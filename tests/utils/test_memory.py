@@ -107,6 +107,9 @@ def test_layer_activation_bytes_match_what_a_lora_layer_saves(compiled):
 def test_padded_batch_is_sized_by_its_longest_sample():
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300, 2)
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340, 1)
+    # micro_batch_max_tokens: the longest piece, max_tokens unless one sample is longer
+    assert worst_batch_tokens([10, 300, 20, 40], 3, padding_free=True, max_tokens=100) == (300, 300, 1)
+    assert worst_batch_tokens([10, 90, 20, 40], 3, padding_free=True, bucket=64, max_tokens=100) == (128, 128, 1)
 
 
 @pytest.mark.gpu
