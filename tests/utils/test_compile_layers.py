@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 
+from tests.conftest import tiny_qwen2
 from utils.model import apply_peft, compile_layers
 from utils.trainer import PaddingFreeCollator
 
@@ -17,15 +17,6 @@ def _args(**kw):
                 use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
                 compile_layers=False, activation_checkpointing=True)
     return SimpleNamespace(**{**base, **kw})
-
-
-def _model():
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa", pad_token_id=0)
-    config.use_cache = False
-    return transformers.Qwen2ForCausalLM(config).float()
 
 
 def _batch(lengths, seed):
@@ -50,7 +41,7 @@ def _loss_and_grads(model, batch):
 def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, checkpointing, factored):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    eager = apply_peft(_model(), _args(train_mode=train_mode, use_dora=use_dora, factored_dora_norm=factored))
+    eager = apply_peft(tiny_qwen2(), _args(train_mode=train_mode, use_dora=use_dora, factored_dora_norm=factored))
     compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True, use_dora=use_dora,
                                                           activation_checkpointing=checkpointing))
     for m in (eager, compiled):
@@ -71,7 +62,7 @@ def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, ch
 def test_layers_compile_once_for_every_sequence_length_and_layer():
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    model = compile_layers(apply_peft(_model(), _args()), _args(compile_layers=True))
+    model = compile_layers(apply_peft(tiny_qwen2(), _args()), _args(compile_layers=True))
     model.train()
     for step, lengths in enumerate([[7, 19, 12], [30, 5], [50, 9]]):
         _loss_and_grads(model, _batch(lengths, seed=step))
@@ -98,7 +89,7 @@ def test_compiled_layers_under_checkpointing_keep_no_more_than_eager_checkpointi
     """A checkpoint inside the compiled graph lets the partitioner save several activations per layer (3x the eager
     checkpoint's bytes on this model); outside it, the layer keeps its input alone, as eager checkpointing does."""
     torch._dynamo.reset()
-    eager = apply_peft(_model(), _args())
+    eager = apply_peft(tiny_qwen2(), _args())
     compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True))
     batch = _batch([40, 24, 60], seed=0)
     for m in (eager, compiled):
@@ -108,13 +99,13 @@ def test_compiled_layers_under_checkpointing_keep_no_more_than_eager_checkpointi
 
 
 def test_compiled_layers_keep_state_dict_keys():
-    model = _model()
+    model = tiny_qwen2()
     keys = list(model.state_dict())
     compile_layers(model, _args(compile_layers=True))
     assert list(model.state_dict()) == keys  # checkpoints and save_pretrained see no _orig_mod prefix
 
 
 def test_compile_off_leaves_model_untouched():
-    model = _model()
+    model = tiny_qwen2()
     compile_layers(model, _args(compile_layers=False))
     assert all(getattr(m, "_compiled_call_impl", None) is None and "forward" not in vars(m) for m in model.modules())

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 
 from utils.dora import FactoredNormDora, factored_row_norm
+from tests.conftest import tiny_qwen2
 from utils.model import apply_peft
 from utils.trainer import PaddingFreeCollator
 
@@ -17,15 +17,6 @@ def _args(**kw):
     base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
                 use_dora=True, factored_dora_norm=False, use_rslora=False, init_lora_weights=False)
     return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
-
-
-def _model():
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa", pad_token_id=0)
-    config.use_cache = False
-    return transformers.Qwen2ForCausalLM(config).float()
 
 
 def _batch(seed=0):
@@ -57,8 +48,8 @@ def test_factored_row_norm_equals_the_norm_of_the_adapted_weight(dtype, tol):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_factored_dora_norm_matches_peft_loss_and_gradients(dropout):
-    plain = apply_peft(_model(), _args(lora_dropout=dropout))
-    fast = apply_peft(_model(), _args(lora_dropout=dropout, factored_dora_norm=True))
+    plain = apply_peft(tiny_qwen2(), _args(lora_dropout=dropout))
+    fast = apply_peft(tiny_qwen2(), _args(lora_dropout=dropout, factored_dora_norm=True))
     switched = [m for m in fast.modules() if isinstance(m, FactoredNormDora)]
     assert len(switched) == 2 * 7  # every adapted linear of both layers
     fast.load_state_dict(plain.state_dict())  # the same adapters (init draws differ only by module order)
@@ -76,7 +67,7 @@ def test_factored_dora_norm_matches_peft_loss_and_gradients(dropout):
 def test_factored_dora_norm_follows_adapter_updates_and_merges_like_peft():
     """The norm is recomputed from the current A and B (no stale cache after an optimizer step), and merging
     (peft's own code) gives the model the unmerged one computes."""
-    fast = apply_peft(_model(), _args(factored_dora_norm=True))
+    fast = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True))
     plain = copy.deepcopy(fast)
     for m in plain.modules():
         if isinstance(m, FactoredNormDora):
