@@ -93,7 +93,8 @@ class TrainArgs(TrainingArguments):
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
         "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
         "Use lora_dropout 0: with dropout, checkpointing saves CUDA RNG state, which some torch versions refuse "
-        "inside a capture. On CPU the plain step runs."))
+        "inside a capture. Batches are copied to the GPU non-blocking (accelerator_config non_blocking), so the "
+        "host prepares the next step while the GPU runs this one. On CPU the plain step runs."))
     cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     micro_batch_max_tokens: int = field(default=0, metadata=_help(
@@ -170,6 +171,10 @@ class TrainArgs(TrainingArguments):
         if self.micro_batch_max_tokens < 0 or (self.micro_batch_max_tokens and not self.padding_free):
             raise ValueError(f"micro_batch_max_tokens must be >= 0 and needs padding_free true (pieces are packed "
                              f"rows), got {self.micro_batch_max_tokens} with padding_free {self.padding_free}")
+        if self.cuda_graphs and (self.accelerator_config is None or isinstance(self.accelerator_config, dict)):
+            # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
+            # with the queued step, so the host would collate the next batch while the GPU sits idle.
+            self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
         if self.cuda_graph_bucket < 1:
             raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
         if not 0.0 <= self.eval_ratio < 1.0:

@@ -108,6 +108,13 @@ def test_cuda_graphs_bf16_flash_varlen_tracks_the_plain_loss(tmp_path):
     assert losses == pytest.approx(plain_losses, rel=2e-2)
 
 
+def test_cuda_graphs_copy_batches_without_waiting_for_the_gpu():
+    fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
+    assert TrainArgs(**fast).accelerator_config.non_blocking
+    assert not TrainArgs(**fast, accelerator_config={"non_blocking": False}).accelerator_config.non_blocking
+    assert not TrainArgs(output_dir="unused", use_cpu=True).accelerator_config.non_blocking
+
+
 def test_cuda_graphs_without_dropout_checkpoint_without_rng_state():
     fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
     assert TrainArgs(lora_dropout=0.0, **fast).activation_checkpointing_kwargs == {
