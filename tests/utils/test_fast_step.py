@@ -86,13 +86,15 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("train_mode,compiled", [("lora", False), ("full", False), ("lora", True)])
-def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode, compiled):
+@pytest.mark.parametrize("train_mode,compiled,max_tokens", [
+    ("lora", False, 0), ("full", False, 0), ("lora", True, 0), ("lora", False, 20)])
+def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode, compiled, max_tokens):
     """fp32 on the GPU (masked attention path): replayed graphs give the eager losses and weights, also with the
-    layers compiled and checkpointed outside the compiled graph (the bench's configuration)."""
+    layers compiled and checkpointed outside the compiled graph (the bench's configuration), and with micro-batches
+    run in pieces (several graph replays accumulating into one step's gradients)."""
     plain_losses, plain_weights, _ = _run(tmp_path, PLAIN, device="cuda", train_mode=train_mode)
-    losses, weights, trainer = _run(tmp_path, dict(FAST, compile_layers=compiled), device="cuda",
-                                    train_mode=train_mode)
+    losses, weights, trainer = _run(tmp_path, dict(FAST, compile_layers=compiled, micro_batch_max_tokens=max_tokens),
+                                    device="cuda", train_mode=train_mode)
     assert len(trainer._graphed.graphs) >= 2  # several padded lengths, each its own graph
     assert losses == pytest.approx(plain_losses, rel=1e-4)
     for name, w in plain_weights.items():
