@@ -84,6 +84,17 @@ def test_dry_run_predicts_peak_memory_without_loading_weights(tiny_model, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_sizes_the_prediction_by_the_longest_piece(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    argv = train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
+                      "--padding_free", "true", "--per_device_train_batch_size", "4")
+    main_train.main(argv)
+    whole = re.search(r"largest micro-batch \(1 rows, (\d+) tokens\)", capsys.readouterr().out)
+    main_train.main(argv + ["--micro_batch_max_tokens", "30"])
+    piece = re.search(r"largest piece \(1 rows, (\d+) tokens\)", capsys.readouterr().out)
+    assert whole and piece and int(piece.group(1)) < int(whole.group(1))
+
+
 def test_dry_run_on_a_used_output_dir_warns_and_touches_nothing(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
     (tmp_path / "o").mkdir()

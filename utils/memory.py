@@ -166,10 +166,10 @@ def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | No
     tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free, bucket,
                                                args.micro_batch_max_tokens)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
-    return format_estimate(parts, tokens, rows)
+    return format_estimate(parts, tokens, rows, "piece" if args.micro_batch_max_tokens else "micro-batch")
 
 
-def format_estimate(parts: dict[str, float], tokens: int, rows: int) -> str:
+def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str = "micro-batch") -> str:
     body = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
-    return (f"predicted peak GPU memory {parts['total']:.2f} GB for the largest micro-batch ({rows} rows, {tokens:,} "
+    return (f"predicted peak GPU memory {parts['total']:.2f} GB for the largest {unit} ({rows} rows, {tokens:,} "
             f"tokens): {body} (GB)")
