@@ -202,7 +202,8 @@ class DojoTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits.
         (Evaluation gets the whole row of a split micro-batch: its pieces are for the training step.)"""
-        inputs = {k: v for k, v in inputs.items() if k != "pieces"}
+        if "pieces" in inputs:
+            inputs = {k: v for k, v in inputs.items() if k != "pieces"}
         if not self.args.chunked_loss or return_outputs or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         causal_lm = self.accelerator.unwrap_model(model)

@@ -110,7 +110,7 @@ def test_cuda_graphs_bf16_flash_varlen_tracks_the_plain_loss(tmp_path):
     assert losses == pytest.approx(plain_losses, rel=2e-2)
 
 
-def test_cuda_graphs_copy_batches_without_waiting_for_the_gpu():
+def test_cuda_graphs_turn_on_non_blocking_batch_copies_unless_told_otherwise():
     fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
     assert TrainArgs(**fast).accelerator_config.non_blocking
     assert not TrainArgs(**fast, accelerator_config={"non_blocking": False}).accelerator_config.non_blocking
