@@ -50,9 +50,11 @@ OURS.update({
     "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4 samples
     "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
     # the same 8 samples per micro-batch, run in pieces of at most N tokens (peak memory set by N; utils/memory.py
-    # predicts 1.77 GB at 0.5B with 3,584 and 17.9 GB at 7B with 3,072)
+    # predicts 1.77 / 1.72 GB at 0.5B with 3,584 / 3,072 tokens, 17.9 / 17.7 GB at 7B with 3,072 / 2,560)
     "dojo_lora_graphs_cap3584": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3584),
+    "dojo_lora_graphs_cap3072": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3072),
     "dojo_lora7b_graphs_cap3072": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=3072),
+    "dojo_lora7b_graphs_cap2560": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=2560),
     "dojo_lora_graphs_eager": dict(GRAPHS),
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
@@ -157,6 +159,8 @@ def run_ours(name: str, a) -> dict:
         for key in ("optim", "use_liger_kernel", "liger_kernel_config"):
             fields.pop(key, None)
     args = TrainArgs(**fields)
+    from transformers import set_seed
+    set_seed(a.seed)  # as peer_bench's workers: every row starts from the same random model
     # peer_bench's random model (NF4 + double quant for QLoRA), then our build_model's QLoRA step
     model = pb.build_qlora_model(dims) if args.train_mode == "qlora" else pb.build_bf16_model(dims, dev)
     model.set_attn_implementation(args.attn_implementation)  # peer_bench builds sdpa models

@@ -59,7 +59,9 @@ class PaddingFreeCollator:
     max_tokens: when the row would be longer, also emit "pieces": the same samples, in order, packed into rows of
     at most max_tokens tokens each (a longer sample is a piece of its own). DojoTrainer runs forward + backward on
     each piece and sums the gradients, so the step's peak memory is set by max_tokens instead of by how long the
-    micro-batch's samples happen to be. The whole row stays for counting supervised tokens and for evaluation."""
+    micro-batch's samples happen to be. The whole row stays for counting supervised tokens and for evaluation.
+    A piece's boundaries are padded with empty samples (repeats of the last boundary) to the whole micro-batch's
+    count, so that under cuda_graphs a piece's shapes depend on its padded length only, as a whole row's do."""
 
     def __init__(self, varlen: bool = False, bucket: int = 0, pad_token_id: int = 0, max_tokens: int = 0):
         self.varlen, self.bucket, self.pad_token_id, self.max_tokens = varlen, bucket, pad_token_id, max_tokens
@@ -74,9 +76,10 @@ class PaddingFreeCollator:
                 size = 0
             pieces[-1].append(f)
             size += len(f["input_ids"])
-        return {**self.pack(features, bucket=0), "pieces": [self.pack(piece, self.bucket) for piece in pieces]}
+        slots = len(features) + 2 if self.bucket else 0  # a whole bucketed row's boundary count
+        return {**self.pack(features, bucket=0), "pieces": [self.pack(piece, self.bucket, slots) for piece in pieces]}
 
-    def pack(self, features, bucket: int) -> dict:
+    def pack(self, features, bucket: int, slots: int = 0) -> dict:
         ids, labels, positions, bounds = [], [], [], [0]
         for f in features:
             ids += list(f["input_ids"])
@@ -91,6 +94,7 @@ class PaddingFreeCollator:
             positions += range(filler)
             bounds.append(len(ids))  # always one more boundary, so the row's shape depends on its length only
             longest = len(ids)
+            bounds += bounds[-1:] * (slots - len(bounds))  # empty samples: attention skips them
         batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
                  "position_ids": torch.tensor([positions])}
         if self.varlen:

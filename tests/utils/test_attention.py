@@ -75,7 +75,7 @@ def test_flash_varlen_matches_masked_reference_on_gpu():
     q = torch.randn(300, 14, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn(300, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     v = torch.randn(300, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    cu = torch.tensor([0, 100, 180, 300, 300], dtype=torch.int32, device="cuda")  # an empty filler sample too
+    cu = torch.tensor([0, 100, 180, 300, 300, 300], dtype=torch.int32, device="cuda")  # empty samples too
     from utils.attention import varlen_attention
     out, _ = varlen_attention(None, q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                               None, scaling=0.125, cu_seq_lens_q=cu, max_length_q=300)
