@@ -200,7 +200,7 @@ def run_ours(name: str, a) -> dict:
                step_s=round(dt / steps, 4),
                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
                model_tflops_per_s=round(flops / dt / 1e12, 2), loss_first=round(losses[0], 4),
-               loss_last5=round(sum(losses[total - 5:total]) / 5, 4),
+               loss_last5=round(sum(losses[total - 5:total]) / 5, 4), losses=[round(x, 4) for x in losses[:total]],
                peak_reserved_gb=round(torch.cuda.max_memory_reserved() / 1e9, 3) if dev == "cuda" else None,
                graphs=len(trainer._graphed.graphs) if trainer._graphed else None,
                max_batch_tokens=fed, predicted_peak_gb=round(predicted["total"], 3),
