@@ -48,6 +48,7 @@ GRAPHS = dict(padding_free=True, attn_implementation="varlen", chunked_loss=True
 OURS.update({
     "dojo_lora_graphs": dict(GRAPHS, compile_layers=True),
     "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4 samples
+    "dojo_lora_graphs_blocking": dict(GRAPHS, compile_layers=True, accelerator_config={"non_blocking": False}),
     "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
     # the same 8 samples per micro-batch, run in pieces of at most N tokens (peak memory set by N; utils/memory.py
     # predicts 1.77 / 1.72 GB at 0.5B with 3,584 / 3,072 tokens, 17.9 / 17.7 GB at 7B with 3,072 / 2,560)
