@@ -34,6 +34,12 @@ LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax
 WORKSPACE_FRACTION = 0.01
 WORKSPACE_MIN = 0.15 * GB
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
+# DoRA, per output feature of each adapted linear and token. Kept for the backward: eager autograd keeps the base
+# output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU kept
+# 2.5 (H200 bench row dojo_dora_graphs_nockpt: 4.25 GB over the LoRA row): the magnitude's gradient needs only
+# their sum. While a layer is differentiated, its DoRA tensors and their fp32 gradients: 6 (checkpointed rows).
+DORA_KEPT_BYTES = {False: 4, True: 2.5}
+DORA_BACKWARD_BYTES = 6
 
 
 def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
@@ -100,15 +106,16 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     residual = 4 if args.train_mode == "qlora" else 2  # QLoRA: fp32 norms and embeddings, so an fp32 residual
     one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual,
                                        compiled=getattr(args, "compile_layers", False))
-    dora = 0
-    if getattr(args, "use_dora", False):  # DoRA keeps each adapted linear's base output (bf16 + fp32 rescale)
+    dora_kept = dora_backward = 0
+    if getattr(args, "use_dora", False):  # per layer: DoRA's output-wide tensors (DORA_KEPT_BYTES above)
         out_features = sum(m.out_features for n, m in model.named_modules()
-                           if n.endswith("base_layer") and hasattr(m, "out_features"))
-        dora = 6 * tokens * out_features // layers
+                           if n.endswith("base_layer") and hasattr(m, "out_features")) // layers
+        dora_kept = int(DORA_KEPT_BYTES[bool(getattr(args, "compile_layers", False))] * tokens * out_features)
+        dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
     inputs = layers * tokens * hidden * residual
-    kept = (inputs if args.activation_checkpointing else layers * (one_layer + dora)) + mask
+    kept = (inputs if args.activation_checkpointing else layers * (one_layer + dora_kept)) + mask
     head = model.get_output_embeddings().weight
     if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         # a trained head's fp32 gradient and its cast to the head's dtype, QLoRA's fp32 head cast for the matmul
@@ -129,7 +136,7 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
     # the backward of the last layer (the first one differentiated): every layer's input is still kept, and the
     # layer holds its saved tensors (recomputed under checkpointing) and as many bytes of gradients
-    layer_backward = (one_layer + dora if args.activation_checkpointing else 0) + one_layer
+    layer_backward = (one_layer + dora_backward if args.activation_checkpointing else 0) + one_layer
     at_backward = dict(gradients=trainable_bytes, activations=kept, loss_or_layer=layer_backward)
     phase = max((at_loss, at_backward), key=lambda d: sum(d.values()))
     parts = {"weights": frozen + trainable_bytes, "optimizer": optimizer, **phase}
