@@ -8,7 +8,7 @@ from pathlib import Path
 
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
-from utils.memory import estimate_for_run
+from utils.memory import estimate_for_run, fit_micro_batch_max_tokens
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
@@ -49,8 +49,11 @@ def main(argv=None):
     train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)
     if eval_set is not None and args.eval_strategy == "no":
         args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
+    lengths = [len(ids) for ids in train_set["input_ids"]]
+    if args.memory_budget_gb:  # sets micro_batch_max_tokens from the memory estimate
+        log(fit_micro_batch_max_tokens(args, lengths, vocab_size=len(tokenizer)))
     if args.dry_run:
-        log(estimate_for_run(args, [len(ids) for ids in train_set["input_ids"]], vocab_size=len(tokenizer)))
+        log(estimate_for_run(args, lengths, vocab_size=len(tokenizer)))
         log("dry run: config, tokenizer and data are valid; stopping before the model is loaded")
         return None
 

@@ -95,6 +95,17 @@ def test_dry_run_sizes_the_prediction_by_the_longest_piece(tiny_model, tmp_path,
     assert whole and piece and int(piece.group(1)) < int(whole.group(1))
 
 
+def test_memory_budget_is_applied_before_the_dry_run_prediction(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    argv = train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
+                      "--padding_free", "true", "--memory_budget_gb", "80")
+    main_train.main(argv)
+    assert "memory_budget_gb 80: the whole micro-batch fits" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"memory_budget_gb 0.0001: even a piece of .* does not fit"):
+        main_train.main(argv[:-1] + ["0.0001"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_dry_run_on_a_used_output_dir_warns_and_touches_nothing(tiny_model, tmp_path, capsys):
     data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
     (tmp_path / "o").mkdir()

@@ -101,6 +101,10 @@ class TrainArgs(TrainingArguments):
         "With padding_free: split a micro-batch whose packed row is longer than this into pieces of at most this "
         "many tokens (whole samples; a longer sample is a piece alone), forward + backward each, gradients summed: "
         "the same step, with peak memory bounded by tokens instead of by the samples' lengths. 0: off."))
+    memory_budget_gb: float = field(default=0.0, metadata=_help(
+        "With padding_free: pick micro_batch_max_tokens (replacing any given) so that the predicted peak GPU "
+        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in train_args.json. Leave "
+        "headroom: the estimate was within 4% of measured peaks (bench/README.md). 0: off."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
@@ -171,6 +175,9 @@ class TrainArgs(TrainingArguments):
         if self.micro_batch_max_tokens < 0 or (self.micro_batch_max_tokens and not self.padding_free):
             raise ValueError(f"micro_batch_max_tokens must be >= 0 and needs padding_free true (pieces are packed "
                              f"rows), got {self.micro_batch_max_tokens} with padding_free {self.padding_free}")
+        if self.memory_budget_gb < 0 or (self.memory_budget_gb and not self.padding_free):
+            raise ValueError(f"memory_budget_gb must be >= 0 and needs padding_free true (it chooses micro_batch_"
+                             f"max_tokens), got {self.memory_budget_gb} with padding_free {self.padding_free}")
         if self.cuda_graphs and (self.accelerator_config is None or isinstance(self.accelerator_config, dict)):
             # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
             # with the queued step, so the host would collate the next batch while the GPU sits idle.

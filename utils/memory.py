@@ -33,6 +33,7 @@ GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
 WORKSPACE_FRACTION = 0.01
 WORKSPACE_MIN = 0.15 * GB
+FIT_STEP = 256            # memory_budget_gb: cap granularity without CUDA graphs (with them: the bucket)
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 # DoRA, per output feature of each adapted linear and token. Kept for the backward: eager autograd keeps the base
 # output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU kept
@@ -174,6 +175,38 @@ def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | No
                                                args.micro_batch_max_tokens)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
     return format_estimate(parts, tokens, rows, "piece" if args.micro_batch_max_tokens else "micro-batch")
+
+
+def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
+    """memory_budget_gb: set args.micro_batch_max_tokens to the largest cap whose predicted peak fits the budget
+    (0 when the whole micro-batch fits) and return the line to log. Caps are tried from the whole micro-batch down,
+    in steps of the CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split."""
+    given = f" (replacing the given {args.micro_batch_max_tokens})" if args.micro_batch_max_tokens else ""
+    model = meta_model(args, config, vocab_size)
+    bucket = args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
+    step = bucket if bucket > 1 else FIT_STEP
+    budget, batch = args.memory_budget_gb, args.per_device_train_batch_size
+
+    def predicted(cap: int) -> dict[str, float]:
+        args.micro_batch_max_tokens = cap
+        return estimate_peak(model, args, *worst_batch_tokens(lengths, batch, True, bucket, cap))
+
+    whole = predicted(0)
+    if whole["total"] <= budget:
+        return (f"memory_budget_gb {budget:g}: the whole micro-batch fits (predicted {whole['total']:.2f} GB), "
+                f"no pieces{given}")
+    whole_tokens = worst_batch_tokens(lengths, batch, True, bucket)[0]
+    smallest, parts = -(-max(lengths) // step) * step, whole
+    for cap in range(-(-whole_tokens // step) * step - step, smallest - 1, -step):
+        parts = predicted(cap)
+        if parts["total"] <= budget:
+            return (f"memory_budget_gb {budget:g}: micro_batch_max_tokens {cap}{given} (predicted "
+                    f"{parts['total']:.2f} GB; the whole micro-batch of {whole_tokens:,} tokens: "
+                    f"{whole['total']:.2f} GB)")
+    args.micro_batch_max_tokens = 0
+    raise ValueError(f"memory_budget_gb {budget:g}: even a piece of {smallest:,} tokens (the longest sample) does "
+                     f"not fit: {format_estimate(parts, smallest, 1, 'piece')}. Raise the budget, lower max_len, or "
+                     f"train fewer weights (LoRA, QLoRA).")
 
 
 def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str = "micro-batch") -> str:

@@ -7,7 +7,7 @@ import torch
 import transformers
 
 from train_args.base import TrainArgs
-from utils.memory import estimate_peak, meta_model, worst_batch_tokens
+from utils.memory import estimate_peak, fit_micro_batch_max_tokens, meta_model, worst_batch_tokens
 
 
 def _config(vocab=32000, layers=4):
@@ -126,6 +126,42 @@ def test_dora_kept_bytes_match_what_an_eager_dora_layer_saves_over_lora(factored
         counted[dora] = _saved_bytes_per_token_in_layers(model.train(), 2048)  # long: weight-sized tensors vanish
     out_features = 2 * 128 + 2 * 64 + 2 * 512 + 128  # q, o; k, v; gate, up; down
     assert (counted[True] - counted[False]) / out_features == pytest.approx(DORA_KEPT_BYTES[False], rel=0.10)
+
+
+LENGTHS = [1500, 1200, 900, 800, 700, 600, 500, 400]  # one micro-batch of 8: 6,600 tokens
+
+
+def _budget_args(budget, **fields):
+    return TrainArgs(output_dir="unused", use_cpu=True, torch_dtype="bfloat16", lora_dropout=0.0, report_to="none",
+                     per_device_train_batch_size=8, gradient_accumulation_steps=1, padding_free=True,
+                     memory_budget_gb=budget, **fields)
+
+
+def _predicted(cap):
+    args = _budget_args(1.0, micro_batch_max_tokens=cap)
+    return estimate_peak(meta_model(args, _config()), args, *worst_batch_tokens(LENGTHS, 8, True, 1, cap))["total"]
+
+
+def test_memory_budget_picks_the_largest_cap_that_fits():
+    budget = (_predicted(2048) + _predicted(2304)) / 2  # between two 256-token steps
+    args = _budget_args(budget)
+    line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    assert args.micro_batch_max_tokens == 2048 and "micro_batch_max_tokens 2048" in line
+    assert _predicted(1536) < _predicted(2048) < budget < _predicted(2304) < _predicted(0)
+
+
+def test_memory_budget_that_holds_the_whole_micro_batch_splits_nothing():
+    args = _budget_args(_predicted(0) + 0.01, micro_batch_max_tokens=1024)
+    assert "whole micro-batch fits" in fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    assert args.micro_batch_max_tokens == 0
+
+
+def test_memory_budget_below_the_longest_sample_is_refused():
+    args = _budget_args(_predicted(1536) - 0.01)  # 1,536: the longest sample (1,500) rounded up to a step
+    with pytest.raises(ValueError, match=r"memory_budget_gb .*piece of 1,536 tokens \(the longest sample\)"):
+        fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    with pytest.raises(ValueError, match="memory_budget_gb must be >= 0 and needs padding_free"):
+        TrainArgs(output_dir="unused", use_cpu=True, memory_budget_gb=16)
 
 
 def test_padded_batch_is_sized_by_its_longest_sample():
