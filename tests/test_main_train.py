@@ -135,3 +135,35 @@ def test_generate_stops_at_end_of_turn(tiny_model, toy_data, tmp_path):
                            "--temperature", "0", "--max_new_tokens", "10"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "pong"
+
+
+def test_qwen_lora_fast_recipe_trains_like_qwen_lora_and_reloads(tiny_model, toy_data, tmp_path):
+    """The fast recipe's switches (packed rows, varlen attention, compiled layers, chunked loss, graphs: the plain
+    step on CPU, fused AdamW) log the plain recipe's losses, and its adapter reloads in plain peft with the trained
+    weights."""
+    model_dir = tiny_model("qwen")
+    fp32 = ("--bf16", "false")  # compare in fp32: bf16 autocast rounds the two paths differently
+    plain = main_train.main(["qwen_lora", *train_argv(model_dir, toy_data, tmp_path / "plain", "--padding_free",
+                                                      "true", "--optim", "adamw_torch_fused", *fp32)])
+    fast = main_train.main(["qwen_lora_fast", *train_argv(model_dir, toy_data, tmp_path / "fast", *fp32)])
+    assert (fast.args.compile_layers, fast.args.cuda_graphs, fast.args.attn_implementation) == (True, True, "varlen")
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (plain, fast)]
+    assert len(losses[1]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+    trained = {n: p for n, p in fast.model.named_parameters() if p.requires_grad}  # (varlen needs packed rows)
+    reloaded = dict(reload(tmp_path / "fast", model_dir, "lora").named_parameters())
+    assert trained and all(torch.equal(reloaded[n], p.detach()) for n, p in trained.items())
+
+
+def test_seed_fixes_the_adapter_initialisation(tiny_model, tmp_path):
+    """The Trainer seeds only once the model exists; build_model seeds first, so LoRA's random A follows --seed
+    (and two runs in one process start alike)."""
+    from utils.config import parse_args
+    from utils.model import apply_peft, build_model
+
+    def lora_a(seed):
+        args = parse_args(["qwen_lora", "--model_name_or_path", str(tiny_model("qwen")), "--output_dir",
+                           str(tmp_path), "--seed", str(seed), "--bf16", "false"])
+        model = apply_peft(build_model(args), args)
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_A" in n])
+
+    assert torch.equal(lora_a(1), lora_a(1)) and not torch.equal(lora_a(1), lora_a(2))

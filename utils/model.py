@@ -5,7 +5,7 @@ import functools
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
 
 import utils.attention  # noqa: F401  (registers attn_implementation "varlen" with transformers)
 from utils.dora import use_factored_dora_norm
@@ -33,14 +33,15 @@ def build_model(args, vocab_size: int | None = None):
     """The base model from a local folder, a hub id, or (for Etude presets) fresh random weights.
 
     vocab_size: the tokenizer's size; embeddings grow to it when the tokenizer gained tokens, and a preset's
-    vocabulary is sized to it."""
+    vocabulary is sized to it. Seeded here, not only in the Trainer (which seeds after the model exists), so that
+    `seed` fixes every random initialisation: a preset's weights, new embedding rows, and LoRA's A after this."""
+    set_seed(args.seed)
     dtype = resolve_dtype(args)
     import etude_model  # registers Etude with the Auto classes
     if args.model_name_or_path in etude_model.PRESETS:
         if args.train_mode != "full":
             raise ValueError(f"{args.model_name_or_path} is a preset with random weights: an adapter on it could "
                              "never be reloaded; use train_mode full, or pretrain first and pass the checkpoint")
-        torch.manual_seed(args.seed)
         config = etude_model.make_config(args.model_name_or_path, vocab_size=etude_model.padded_vocab_size(vocab_size))
         model = etude_model.EtudeForCausalLM(config).to(dtype)
     else:
