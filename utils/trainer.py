@@ -245,8 +245,9 @@ class DojoTrainer(Trainer):
 
 def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer=None, callbacks=()):
     if (args.cuda_graphs or args.chunked_loss or args.micro_batch_max_tokens) and args.world_size > 1:
-        raise ValueError("cuda_graphs, chunked_loss and micro_batch_max_tokens are single-process paths; under "
-                         "torchrun use use_liger_kernel for the loss and per_device_train_batch_size for memory")
+        raise ValueError("cuda_graphs, chunked_loss and micro_batch_max_tokens (also as memory_budget_gb sets it) "
+                         "are single-process paths; under torchrun use use_liger_kernel for the loss and "
+                         "per_device_train_batch_size for memory")
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,
