@@ -105,13 +105,13 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
                      else trainable_bytes)
     layers, hidden = config.num_hidden_layers, config.hidden_size
     residual = 4 if args.train_mode == "qlora" else 2  # QLoRA: fp32 norms and embeddings, so an fp32 residual
-    one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual,
-                                       compiled=getattr(args, "compile_layers", False))
+    compiled = bool(getattr(args, "compile_layers", False))
+    one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual, compiled=compiled)
     dora_kept = dora_backward = 0
     if getattr(args, "use_dora", False):  # per layer: DoRA's output-wide tensors (DORA_KEPT_BYTES above)
         out_features = sum(m.out_features for n, m in model.named_modules()
                            if n.endswith("base_layer") and hasattr(m, "out_features")) // layers
-        dora_kept = int(DORA_KEPT_BYTES[bool(getattr(args, "compile_layers", False))] * tokens * out_features)
+        dora_kept = int(DORA_KEPT_BYTES[compiled] * tokens * out_features)
         dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
@@ -168,11 +168,15 @@ def meta_model(args, config=None, vocab_size: int | None = None):
         return apply_peft(model, args)
 
 
+def row_bucket(args) -> int:
+    """The multiple packed rows are padded to: cuda_graphs' bucket, else 1 (no padding)."""
+    return args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
+
+
 def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
     """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
-    bucket = args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
-    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free, bucket,
-                                               args.micro_batch_max_tokens)
+    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free,
+                                               row_bucket(args), args.micro_batch_max_tokens)
     parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
     return format_estimate(parts, tokens, rows, "piece" if args.micro_batch_max_tokens else "micro-batch")
 
@@ -183,7 +187,7 @@ def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size
     in steps of the CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split."""
     given = f" (replacing the given {args.micro_batch_max_tokens})" if args.micro_batch_max_tokens else ""
     model = meta_model(args, config, vocab_size)
-    bucket = args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
+    bucket = row_bucket(args)
     step = bucket if bucket > 1 else FIT_STEP
     budget, batch = args.memory_budget_gb, args.per_device_train_batch_size
 

@@ -78,55 +78,50 @@ def _saved_bytes_per_token_in_layers(model, tokens: int, device: str = "cpu") ->
     return sum(storages.values()) / tokens / len(layers)
 
 
+def _layer_config(hidden=128, inter=512, heads=4, kv=2):
+    return transformers.Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
+                                    num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads,
+                                    attn_implementation="sdpa", use_cache=False)
+
+
+def _counted_layer_bytes(config, tokens: int, compiled: bool, dora: bool = False, factored: bool = False,
+                         device: str = "cpu") -> float:
+    """What autograd keeps per token and layer in a bf16 LoRA (or DoRA) model of `config` (the compiled layer's
+    partitioned graph when compiled)."""
+    import copy
+    from types import SimpleNamespace
+
+    from utils.model import apply_peft, compile_layers
+    torch.manual_seed(0)
+    fields = SimpleNamespace(train_mode="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, use_dora=dora,
+                             lora_target_modules=None, factored_dora_norm=factored, use_rslora=False,
+                             init_lora_weights="gaussian", compile_layers=compiled, activation_checkpointing=False)
+    model = apply_peft(transformers.Qwen2ForCausalLM(config).to(device, torch.bfloat16), fields)
+    if compiled:
+        torch._dynamo.reset()
+        model = compile_layers(copy.deepcopy(model), fields)
+        _saved_bytes_per_token_in_layers(model, tokens, device)  # compile first: dynamo's first run is not steady
+    return _saved_bytes_per_token_in_layers(model.train(), tokens, device)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_layer_activation_bytes_match_what_a_lora_layer_saves(compiled):
     """The per-token bytes the estimate counts for one layer, against the tensors autograd really keeps (eager, or
     the compiled layer's partitioned graph), within 10%."""
-    import copy
-    from types import SimpleNamespace
-
     from utils.memory import layer_activation_bytes
-    from utils.model import apply_peft, compile_layers
-    config = transformers.Qwen2Config(vocab_size=128, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                      attn_implementation="sdpa", use_cache=False)
-    torch.manual_seed(0)
-    fields = dict(train_mode="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules=None,
-                  use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
-                  compile_layers=compiled, activation_checkpointing=False)
-    model = apply_peft(transformers.Qwen2ForCausalLM(config).to(torch.bfloat16), SimpleNamespace(**fields))
-    if compiled:
-        torch._dynamo.reset()
-        model = compile_layers(copy.deepcopy(model), SimpleNamespace(**fields))
-        _saved_bytes_per_token_in_layers(model, 256)  # compile first: dynamo's first run is not the steady graph
-    model.train()
-    counted = _saved_bytes_per_token_in_layers(model, 256)
+    config = _layer_config()
+    counted = _counted_layer_bytes(config, 256, compiled)
     assert layer_activation_bytes(config, 1, compiled=compiled) == pytest.approx(counted, rel=0.10)
 
 
-def _dora_bytes_over_lora(factored: bool, compiled: bool, device: str, hidden=128, inter=512, heads=4, kv=2):
-    """Per output feature of the adapted linears and per token: what a DoRA layer keeps beyond a LoRA layer."""
-    import copy
-    from types import SimpleNamespace
-
-    from utils.model import apply_peft, compile_layers
-    config = transformers.Qwen2Config(vocab_size=128, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=2,
-                                      num_attention_heads=heads, num_key_value_heads=kv, head_dim=hidden // heads,
-                                      attn_implementation="sdpa", use_cache=False)
-    counted = {}
-    for dora in (False, True):
-        torch.manual_seed(0)
-        fields = SimpleNamespace(train_mode="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, use_dora=dora,
-                                 lora_target_modules=None, factored_dora_norm=factored and dora, use_rslora=False,
-                                 init_lora_weights="gaussian", compile_layers=compiled, activation_checkpointing=False)
-        model = apply_peft(transformers.Qwen2ForCausalLM(config).to(device, torch.bfloat16), fields)
-        if compiled:
-            torch._dynamo.reset()
-            model = compile_layers(copy.deepcopy(model), fields)
-            _saved_bytes_per_token_in_layers(model, 2048, device)  # compile first: not the steady graph
-        counted[dora] = _saved_bytes_per_token_in_layers(model.train(), 2048, device)  # weight-sized tensors vanish
-    out_features = 3 * hidden + 2 * kv * (hidden // heads) + 2 * inter  # q, o, down; k, v; gate, up
-    return (counted[True] - counted[False]) / out_features
+def _dora_bytes_over_lora(factored: bool, compiled: bool, device: str, **dims) -> float:
+    """Per output feature of the adapted linears and per token: what a DoRA layer keeps beyond a LoRA layer
+    (2,048 tokens: weight-sized tensors vanish in the per-token count)."""
+    config = _layer_config(**dims)
+    lora = _counted_layer_bytes(config, 2048, compiled, device=device)
+    dora = _counted_layer_bytes(config, 2048, compiled, dora=True, factored=factored, device=device)
+    h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
+    return (dora - lora) / (3 * h + 2 * kv + 2 * config.intermediate_size)  # q, o, down; k, v; gate, up
 
 
 @pytest.mark.parametrize("factored", [False, True])
