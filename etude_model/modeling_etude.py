@@ -57,6 +57,7 @@ class EtudeConfig(PretrainedConfig):
     num_experts_per_tok: int = 2
     moe_intermediate_size: int | None = None
     router_aux_loss_coef: float = 0.01      # weight of the load-balancing loss added to the LM loss
+    fuse_projections: bool = True           # training: q/k/v (and SwiGLU gate/up) as one matmul, same weights
     training_stage: str = "pretrain"        # "pretrain" | "sft": recorded in checkpoints
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -136,6 +137,22 @@ class EtudeRotaryEmbedding(nn.Module):
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
+def fused_linear(x, projections: tuple[nn.Linear, ...], fuse: bool):
+    """Apply several Linear layers that read the same input, as one matmul over their stacked weights.
+
+    Why: one wide GEMM keeps the GPU busier than three narrow ones, and backward computes the input
+    gradient once instead of three times plus two adds. The parameters stay separate (checkpoints,
+    LoRA targets and names are unchanged) and autograd splits the stacked weight's gradient back.
+    Only plain, hook-free nn.Linear layers in training are fused: a LoRA or 4-bit wrapper must run its
+    own forward, and in generation the copy of the weights would cost more than it saves."""
+    plain = all(type(p) is nn.Linear and not (p._forward_hooks or p._forward_pre_hooks) for p in projections)
+    if not (fuse and plain and torch.is_grad_enabled()):
+        return tuple(p(x) for p in projections)
+    weight = torch.cat([p.weight for p in projections])
+    bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
+    return F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
+
+
 def rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -164,12 +181,14 @@ class EtudeAttention(nn.Module):
         self.q_norm = EtudeRMSNorm(self.hd, config.norm_eps) if config.qk_norm else None
         self.k_norm = EtudeRMSNorm(self.hd, config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
+        self.fuse = config.fuse_projections
 
     def forward(self, x, attn_mask=None, position_embeddings=None, past_key_values: Cache | None = None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj), self.fuse and self.training)
+        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if position_embeddings is not None:  # RoPE; learned positions were already added to x
@@ -199,11 +218,13 @@ class EtudeMLP(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=b)
         self.down_proj = nn.Linear(h, d, bias=b)
         self.down_proj._residual_proj = True
+        self.fuse = config.fuse_projections
 
     def forward(self, x):
         if self.gate_proj is None:
             return self.down_proj(F.gelu(self.up_proj(x)))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused_linear(x, (self.gate_proj, self.up_proj), self.fuse and self.training)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class EtudeMoE(nn.Module):
@@ -354,13 +375,18 @@ class EtudeModel(EtudePreTrainedModel):
             past_key_values = None
         B, T, _ = inputs_embeds.shape
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # The last position: known on the host for our own position ids. Reading the caller's ids
+        # waits for the GPU (and would split a compiled graph), so those are checked in eager mode only.
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + T, device=inputs_embeds.device)[None].expand(B, T)
+            last = past_len + T - 1
+        else:
+            last = None if torch.compiler.is_compiling() else int(position_ids.max())
 
         h, rope = inputs_embeds, None
         if self.embed_positions is not None:
-            if int(position_ids.max()) >= self.config.max_position_embeddings:
-                raise ValueError(f"Sequence position {int(position_ids.max())} is past the learned position table "
+            if last is not None and last >= self.config.max_position_embeddings:
+                raise ValueError(f"Sequence position {last} is past the learned position table "
                                  f"(max_position_embeddings={self.config.max_position_embeddings})")
             h = h + self.embed_positions(position_ids)
         else:

@@ -166,6 +166,66 @@ def test_learned_positions_refuse_too_long_input(make_tiny_config):
         model(_batch(shape=(1, 9)))
 
 
+def test_learned_positions_check_does_not_read_the_gpu_for_its_own_positions(make_tiny_config):
+    """Without position_ids the last position is known on the host: no int(tensor) (a GPU sync per
+    micro-batch, and a graph break under torch.compile). Caller-given ids are still checked."""
+    model = EtudeForCausalLM(make_tiny_config("etude-v0.1", max_position_embeddings=8))
+    reads = []
+    original = torch.Tensor.__int__
+    try:
+        torch.Tensor.__int__ = lambda t: reads.append(t) or original(t)
+        model(_batch(shape=(1, 8)))
+        assert reads == []
+        with pytest.raises(ValueError, match="position 8 is past"):
+            model(_batch(shape=(1, 8)), position_ids=torch.arange(1, 9)[None])
+        assert len(reads) == 1
+    finally:
+        torch.Tensor.__int__ = original
+
+
+@pytest.mark.parametrize("preset", ["etude-v0.1", "etude-tiny", "etude-tiny-moe"])
+def test_fused_projections_give_the_same_loss_and_gradients(preset, make_tiny_config):
+    """fuse_projections runs q/k/v (and gate/up) as one matmul over the stacked weights; fp32 CPU,
+    loss and every gradient equal to the three separate matmuls within 1e-5 (relative)."""
+    torch.manual_seed(0)
+    config = make_tiny_config(preset, bias=True)
+    fused = EtudeForCausalLM(config).train()
+    plain = EtudeForCausalLM(make_tiny_config(preset, bias=True, fuse_projections=False)).train()
+    plain.load_state_dict(fused.state_dict())
+    x = _batch()
+    losses = [m(input_ids=x, labels=x).loss for m in (fused, plain)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    for (name, p1), p2 in zip(fused.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_projections_step_aside_for_lora_and_hooks(make_tiny_config):
+    """A wrapped projection (LoRA here) or a hooked one must run its own forward: the fused path
+    would silently skip the adapter. The adapter's B is set non-zero so skipping it would show."""
+    from peft import LoraConfig, get_peft_model
+
+    from etude_model.modeling_etude import fused_linear
+
+    torch.manual_seed(0)
+    model = EtudeForCausalLM(make_tiny_config("etude-tiny")).train()
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, 5, 64)
+    hooked = []
+    handle = attn.k_proj.register_forward_hook(lambda m, i, o: hooked.append(o))
+    fused_linear(x, (attn.q_proj, attn.k_proj, attn.v_proj), fuse=True)
+    assert len(hooked) == 1
+    handle.remove()
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
+    lora_q = attn.q_proj
+    torch.nn.init.normal_(lora_q.lora_B["default"].weight)
+    q, _, _ = fused_linear(x, (attn.q_proj, attn.k_proj, attn.v_proj), fuse=True)
+    torch.testing.assert_close(q, lora_q(x))
+    assert not torch.allclose(q, lora_q.base_layer(x))
+    assert peft_model is not None
+
+
 def test_hf_trainer_passes_num_items_in_batch(make_tiny_config, tmp_path):
     """Under gradient accumulation the Trainer counts the supervised tokens of all micro-batches and
     hands that count to forward, which Etude uses to normalise the loss per token."""

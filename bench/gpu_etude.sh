@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call for Etude pretraining speed: GPU tests named in $TESTS, bench/etude_bench.py's variants (with a
+# kernel profile), then the user's command, `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration
+# for each micro-batch split in $ETUDE_MB. Usage on the device: bash bench/gpu_etude.sh OUT
+set -uo pipefail
+OUT=${1:-$OUT}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
+if [ -n "${TESTS:-}" ]; then
+  timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS 2>&1 | tail -15
+fi
+for split in ${BENCH_MB:-"60 1"}; do
+  set -- $split
+  timeout ${BENCH_TIMEOUT:-300} python3 bench/etude_bench.py --peer_bench .device_assets/bench/peer_bench.py \
+    --variants "${VARIANTS:-plain,fused,fused_cudnn}" --batch $1 --accum $2 --steps 20 --warmup 10 \
+    --profile ${PROFILE:-0} --out "$OUT/etude_bench_$1x$2.json" 2>&1 | grep -v -i warn
+done
+GPT2="--preset etude-v0.1 --config_override num_hidden_layers=12 --config_override max_position_embeddings=1024 \
+  --config_override tie_word_embeddings=true --config_override bias=false"
+for mb in ${ETUDE_MB:-}; do
+  set -- ${mb/x/ }
+  timeout 120 python3 -m etude_model.pretrain $GPT2 --tiktoken_file .device_assets/gpt2.tiktoken \
+    --data .device_assets/pretrain --text_split line --block_size 1024 --batch_size $1 --grad_accum_steps $2 \
+    --max_steps 40 --warmup_steps 5 --log_every 10 --eval_every 100000 --eval_iters 1 --save_every 100000 --compile \
+    --no_progress --peak_tflops ${PEAK_TFLOPS:-788} --cache_dir /tmp/etude_cache --output_dir /tmp/pt_$1_$2 \
+    2>&1 | grep -v -i warn | tail -4
+  cp /tmp/pt_$1_$2/loss_log.jsonl "$OUT/pretrain_$1x$2.jsonl"; tail -2 "$OUT/pretrain_$1x$2.jsonl"
+done
