@@ -31,18 +31,21 @@ from etude_model.pretrain import flops_per_token, make_optimizer  # noqa: E402
 # GPT-2 124M as nanoGPT's train.py builds it: learned positions, LayerNorm, GELU, tied head, no bias, 50304 rows.
 GPT2_124M = dict(num_hidden_layers=12, max_position_embeddings=1024, tie_word_embeddings=True, bias=False,
                  vocab_size=50304)
-# name -> (EtudeConfig overrides, SDPA backend or None for torch's choice, torch.compile mode)
+# name -> (EtudeConfig overrides, SDPA backend or None for torch's choice, torch.compile mode, inductor options)
+FUSED = dict(fuse_projections=True, scatter_free_loss=False)
 VARIANTS = {
-    "plain": (dict(fuse_projections=False), None, "default"),
-    "fused": (dict(fuse_projections=True), None, "default"),
-    "fused_cudnn": (dict(fuse_projections=True), "CUDNN_ATTENTION", "default"),
-    "fused_flash": (dict(fuse_projections=True), "FLASH_ATTENTION", "default"),
-    "fused_autotune": (dict(fuse_projections=True), None, "max-autotune-no-cudagraphs"),
+    "plain": (dict(fuse_projections=False, scatter_free_loss=False), None, "default", {}),
+    "fused_sfloss": (dict(fuse_projections=True, scatter_free_loss=True), None, "default", {}),
+    "fused": (FUSED, None, "default", {}),
+    "fused_cudnn": (FUSED, "CUDNN_ATTENTION", "default", {}),
+    "fused_flash": (FUSED, "FLASH_ATTENTION", "default", {}),
+    "fused_coord": (FUSED, None, "default", {"coordinate_descent_tuning": True}),
+    "fused_autotune": (FUSED, None, "max-autotune-no-cudagraphs", {}),
 }
 
 
 def run_variant(name: str, a) -> dict:
-    overrides, backend, mode = VARIANTS[name]
+    overrides, backend, mode, inductor_options = VARIANTS[name]
     torch._dynamo.reset()
     torch.manual_seed(a.seed)
     config = make_config("etude-v0.1", **GPT2_124M, **overrides)
@@ -71,7 +74,7 @@ def run_variant(name: str, a) -> dict:
         return loss_sum / a.accum
 
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
-    with attention:
+    with attention, torch._inductor.config.patch(inductor_options):  # compiled lazily, in the first step
         t0 = time.perf_counter()
         for _ in range(a.warmup):
             step()
@@ -83,7 +86,7 @@ def run_variant(name: str, a) -> dict:
         losses = [step() for _ in range(a.steps)]
         sync()
         step_s = (time.perf_counter() - t0) / a.steps
-        kernels = []
+        kernels, busy = [], None
         if a.profile:
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -91,11 +94,12 @@ def run_variant(name: str, a) -> dict:
                     step()
                 sync()
             kernels = top_kernels(prof, 2, n=a.profile)
+            busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6 / (2 * step_s)
     tokens_per_s = a.batch * a.accum * T / step_s
     return dict(variant=name, batch=a.batch, accum=a.accum, step_s=round(step_s, 4), warmup_s=round(warmup_s, 1),
                 tokens_per_s=round(tokens_per_s), model_tflops_per_s=tokens_per_s * flops_per_token(config, T) / 1e12,
                 peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2) if a.device == "cuda" else None,
-                losses=[round(float(l), 4) for l in losses], top_kernels=kernels)
+                gpu_busy=busy and round(busy, 3), losses=[round(float(l), 4) for l in losses], top_kernels=kernels)
 
 
 def main():

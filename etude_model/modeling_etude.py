@@ -26,6 +26,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
+from .fused import fused_linear, scatter_free_cross_entropy
+
 
 class EtudeConfig(PretrainedConfig):
     """All the knobs of Etude. Field names follow Hugging Face (so generic tools
@@ -58,6 +60,7 @@ class EtudeConfig(PretrainedConfig):
     moe_intermediate_size: int | None = None
     router_aux_loss_coef: float = 0.01      # weight of the load-balancing loss added to the LM loss
     fuse_projections: bool = True           # training: q/k/v (and SwiGLU gate/up) as one matmul, same weights
+    scatter_free_loss: bool = True          # under torch.compile: a loss whose gradient needs no logits-sized fill
     training_stage: str = "pretrain"        # "pretrain" | "sft": recorded in checkpoints
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -135,22 +138,6 @@ class EtudeRotaryEmbedding(nn.Module):
         freqs = position_ids[:, :, None].float() * (1.0 / self.theta ** exponent)[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-
-def fused_linear(x, projections: tuple[nn.Linear, ...], fuse: bool):
-    """Apply several Linear layers that read the same input, as one matmul over their stacked weights.
-
-    Why: one wide GEMM keeps the GPU busier than three narrow ones, and backward computes the input
-    gradient once instead of three times plus two adds. The parameters stay separate (checkpoints,
-    LoRA targets and names are unchanged) and autograd splits the stacked weight's gradient back.
-    Only plain, hook-free nn.Linear layers in training are fused: a LoRA or 4-bit wrapper must run its
-    own forward, and in generation the copy of the weights would cost more than it saves."""
-    plain = all(type(p) is nn.Linear and not (p._forward_hooks or p._forward_pre_hooks) for p in projections)
-    if not (fuse and plain and torch.is_grad_enabled()):
-        return tuple(p(x) for p in projections)
-    weight = torch.cat([p.weight for p in projections])
-    bias = torch.cat([p.bias for p in projections]) if projections[0].bias is not None else None
-    return F.linear(x, weight, bias).split([p.out_features for p in projections], dim=-1)
 
 
 def rotate_half(x):
@@ -455,8 +442,11 @@ class EtudeForCausalLM(EtudePreTrainedModel, GenerationMixin):
                 shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
             shift_labels = shift_labels.to(logits.device)
             reduction = "mean" if num_items_in_batch is None else "sum"
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
-                                   ignore_index=-100, reduction=reduction)
+            flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1)
+            if self.config.scatter_free_loss and torch.compiler.is_compiling():
+                loss = scatter_free_cross_entropy(flat_logits, flat_labels, reduction=reduction)
+            else:
+                loss = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=-100, reduction=reduction)
             if num_items_in_batch is not None:
                 loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
             if aux_loss is not None and self.config.router_aux_loss_coef:
