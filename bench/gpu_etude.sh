@@ -13,7 +13,7 @@ fi
 for split in ${BENCH_MB:-"60 1"}; do
   set -- $split
   timeout ${BENCH_TIMEOUT:-300} python3 bench/etude_bench.py --peer_bench .device_assets/bench/peer_bench.py \
-    --variants "${VARIANTS:-plain,fused,fused_cudnn}" --batch $1 --accum $2 --steps 20 --warmup 10 \
+    --variants "${VARIANTS:-default}" --batch $1 --accum $2 --steps 20 --warmup 10 \
     --profile ${PROFILE:-0} --out "$OUT/etude_bench_$1x$2.json" 2>&1 | grep -v -i warn
 done
 GPT2="--preset etude-v0.1 --config_override num_hidden_layers=12 --config_override max_position_embeddings=1024 \

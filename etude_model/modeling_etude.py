@@ -26,8 +26,6 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .fused import fused_linear, scatter_free_cross_entropy
-
 
 class EtudeConfig(PretrainedConfig):
     """All the knobs of Etude. Field names follow Hugging Face (so generic tools
@@ -59,8 +57,6 @@ class EtudeConfig(PretrainedConfig):
     num_experts_per_tok: int = 2
     moe_intermediate_size: int | None = None
     router_aux_loss_coef: float = 0.01      # weight of the load-balancing loss added to the LM loss
-    fuse_projections: bool = True           # training: q/k/v (and SwiGLU gate/up) as one matmul, same weights
-    scatter_free_loss: bool = True          # under torch.compile: a loss whose gradient needs no logits-sized fill
     training_stage: str = "pretrain"        # "pretrain" | "sft": recorded in checkpoints
     use_cache: bool = True
     tie_word_embeddings: bool = True
@@ -168,14 +164,12 @@ class EtudeAttention(nn.Module):
         self.q_norm = EtudeRMSNorm(self.hd, config.norm_eps) if config.qk_norm else None
         self.k_norm = EtudeRMSNorm(self.hd, config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
-        self.fuse = config.fuse_projections
 
     def forward(self, x, attn_mask=None, position_embeddings=None, past_key_values: Cache | None = None):
         B, T, _ = x.shape
-        q, k, v = fused_linear(x, (self.q_proj, self.k_proj, self.v_proj), self.fuse and self.training)
-        q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if position_embeddings is not None:  # RoPE; learned positions were already added to x
@@ -205,13 +199,11 @@ class EtudeMLP(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=b)
         self.down_proj = nn.Linear(h, d, bias=b)
         self.down_proj._residual_proj = True
-        self.fuse = config.fuse_projections
 
     def forward(self, x):
         if self.gate_proj is None:
             return self.down_proj(F.gelu(self.up_proj(x)))
-        gate, up = fused_linear(x, (self.gate_proj, self.up_proj), self.fuse and self.training)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class EtudeMoE(nn.Module):
@@ -442,11 +434,8 @@ class EtudeForCausalLM(EtudePreTrainedModel, GenerationMixin):
                 shift_labels = F.pad(labels, (0, 1), value=-100)[:, 1:]
             shift_labels = shift_labels.to(logits.device)
             reduction = "mean" if num_items_in_batch is None else "sum"
-            flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), shift_labels.reshape(-1)
-            if self.config.scatter_free_loss and torch.compiler.is_compiling():
-                loss = scatter_free_cross_entropy(flat_logits, flat_labels, reduction=reduction)
-            else:
-                loss = F.cross_entropy(flat_logits.float(), flat_labels, ignore_index=-100, reduction=reduction)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1),
+                                   ignore_index=-100, reduction=reduction)
             if num_items_in_batch is not None:
                 loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
             if aux_loss is not None and self.config.router_aux_loss_coef:

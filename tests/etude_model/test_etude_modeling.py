@@ -183,49 +183,6 @@ def test_learned_positions_check_does_not_read_the_gpu_for_its_own_positions(mak
         torch.Tensor.__int__ = original
 
 
-@pytest.mark.parametrize("preset", ["etude-v0.1", "etude-tiny", "etude-tiny-moe"])
-def test_fused_projections_give_the_same_loss_and_gradients(preset, make_tiny_config):
-    """fuse_projections runs q/k/v (and gate/up) as one matmul over the stacked weights; fp32 CPU,
-    loss and every gradient equal to the three separate matmuls within 1e-5 (relative)."""
-    torch.manual_seed(0)
-    config = make_tiny_config(preset, bias=True)
-    fused = EtudeForCausalLM(config).train()
-    plain = EtudeForCausalLM(make_tiny_config(preset, bias=True, fuse_projections=False)).train()
-    plain.load_state_dict(fused.state_dict())
-    x = _batch()
-    losses = [m(input_ids=x, labels=x).loss for m in (fused, plain)]
-    for loss in losses:
-        loss.backward()
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    for (name, p1), p2 in zip(fused.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_fused_projections_step_aside_for_lora_and_hooks(make_tiny_config):
-    """A wrapped projection (LoRA here) or a hooked one must run its own forward: the fused path
-    would silently skip the adapter. The adapter's B is set non-zero so skipping it would show."""
-    from peft import LoraConfig, get_peft_model
-
-    from etude_model.modeling_etude import fused_linear
-
-    torch.manual_seed(0)
-    model = EtudeForCausalLM(make_tiny_config("etude-tiny")).train()
-    attn = model.model.layers[0].self_attn
-    x = torch.randn(2, 5, 64)
-    hooked = []
-    handle = attn.k_proj.register_forward_hook(lambda m, i, o: hooked.append(o))
-    fused_linear(x, (attn.q_proj, attn.k_proj, attn.v_proj), fuse=True)
-    assert len(hooked) == 1
-    handle.remove()
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], lora_dropout=0.0))
-    lora_q = attn.q_proj
-    torch.nn.init.normal_(lora_q.lora_B["default"].weight)
-    q, _, _ = fused_linear(x, (attn.q_proj, attn.k_proj, attn.v_proj), fuse=True)
-    torch.testing.assert_close(q, lora_q(x))
-    assert not torch.allclose(q, lora_q.base_layer(x))
-    assert peft_model is not None
-
-
 def test_hf_trainer_passes_num_items_in_batch(make_tiny_config, tmp_path):
     """Under gradient accumulation the Trainer counts the supervised tokens of all micro-batches and
     hands that count to forward, which Etude uses to normalise the loss per token."""
@@ -253,49 +210,3 @@ def test_embedding_accessors_and_resize(make_tiny_config):
     assert model.config.vocab_size == 384 and model.lm_head.weight.shape == (384, 64)
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
-
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_scatter_free_cross_entropy_matches_f_cross_entropy(reduction):
-    """Same loss and logits gradient as F.cross_entropy, ignored labels included (fp32, rel 1e-5)."""
-    from etude_model.fused import scatter_free_cross_entropy
-
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 50, (40,), generator=g)
-    labels[::7] = -100
-    grads, losses = [], []
-    for fn in (scatter_free_cross_entropy, F.cross_entropy):
-        logits = torch.randn(40, 50, generator=torch.Generator().manual_seed(1), requires_grad=True)
-        loss = fn(logits, labels, ignore_index=-100, reduction=reduction)
-        loss.backward()
-        losses.append(loss)
-        grads.append(logits.grad)
-    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
-
-
-def test_compiled_etude_uses_the_scatter_free_loss_and_matches_eager(make_tiny_config):
-    """Under torch.compile (CPU inductor here) the model's loss switches to the scatter-free form: the loss
-    and every gradient match the eager F.cross_entropy model's (fp32, rel 1e-4), ignored labels included."""
-    import etude_model.modeling_etude as modeling
-
-    torch.manual_seed(0)
-    config = make_tiny_config("etude-v0.1")
-    eager = EtudeForCausalLM(config).train()
-    compiled = EtudeForCausalLM(config).train()
-    compiled.load_state_dict(eager.state_dict())
-    x = _batch()
-    labels = x.clone()
-    labels[:, :3] = -100
-    eager(input_ids=x, labels=labels, use_cache=False).loss.backward()
-    calls = []
-    original = modeling.scatter_free_cross_entropy
-    modeling.scatter_free_cross_entropy = lambda *a, **k: calls.append(1) or original(*a, **k)
-    try:
-        loss = torch.compile(compiled)(input_ids=x, labels=labels, use_cache=False).loss
-    finally:
-        modeling.scatter_free_cross_entropy = original
-    loss.backward()
-    assert calls, "the compiled forward did not take the scatter-free loss"
-    torch.testing.assert_close(loss, eager(input_ids=x, labels=labels, use_cache=False).loss, rtol=1e-4, atol=1e-6)
-    for (name, p1), p2 in zip(eager.named_parameters(), compiled.parameters()):
-        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=1e-6, msg=name)
