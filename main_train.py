@@ -8,7 +8,7 @@ from pathlib import Path
 
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
-from utils.memory import estimate_for_run, fit_micro_batch_max_tokens
+from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
@@ -71,6 +71,8 @@ def main(argv=None):
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
     trainer.train(resume_from_checkpoint=resume)
+    if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
+        log(peak)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
                                         for h in trainer.state.log_history):
         trainer.evaluate()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "assets"
+# DOJO_SHARED_ASSETS: another place for the same assets (the GPU machine, where ../shared does not travel)
+SHARED = Path(os.environ.get("DOJO_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -217,3 +217,12 @@ def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str =
     body = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
     return (f"predicted peak GPU memory {parts['total']:.2f} GB for the largest {unit} ({rows} rows, {tokens:,} "
             f"tokens): {body} (GB)")
+
+
+def measured_peak() -> str | None:
+    """The line a GPU run logs when it ends, beside the prediction it logged before training: what this process's
+    CUDA allocator actually held at its peak (None without CUDA)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return (f"measured peak GPU memory {torch.cuda.max_memory_allocated() / GB:.2f} GB allocated "
+            f"({torch.cuda.max_memory_reserved() / GB:.2f} GB reserved by the allocator) on this device")

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One device call from the user's side: the GPU tests named in $TESTS, then the README's fast command on a random
+# Qwen2.5-0.5B-shaped model with the real alpaca data: the dry run's prediction, then the run under
+# --memory_budget_gb $BUDGET and the peak it measured. Usage on the device: bash bench/gpu_user_run.sh OUT
+# Carries .whl and .device_assets (assets/tokenizers/qwen2.5, assets/data/sft: copies of ../shared/assets).
+set -uo pipefail
+OUT=${1:-$OUT}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export DOJO_SHARED_ASSETS=$PWD/.device_assets/assets
+if [ -n "${TESTS:-}" ]; then
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -rs -p no:cacheprovider $TESTS 2>&1 | tail -15
+fi
+python3 - <<'PY'
+import shutil, torch, transformers
+config = transformers.Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
+                                  rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6)
+torch.manual_seed(0)
+transformers.Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained("/tmp/q05")
+for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+    shutil.copy(f".device_assets/assets/tokenizers/qwen2.5/{f}", "/tmp/q05")
+PY
+RUN="qwen_lora_fast --model_name_or_path /tmp/q05 --train_data_path .device_assets/assets/data/sft/alpaca_en_demo.jsonl
+  --max_steps ${STEPS:-40} --logging_steps 10 --save_steps 1000 --report_to none --disable_tqdm true"
+python3 main_train.py $RUN --output_dir /tmp/dry --dry_run true 2>&1 | grep -E "predicted|error"
+timeout ${RUN_TIMEOUT:-200} python3 main_train.py $RUN --output_dir /tmp/run --memory_budget_gb ${BUDGET:-1.5} 2>&1 \
+  | grep -E "\[dojo\] (memory|model|measured|done)|'loss'|train_runtime|error" | tail -12
+cp /tmp/run/log_history.json "$OUT/" 2>/dev/null; ls /tmp/run
