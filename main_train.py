@@ -8,7 +8,7 @@ from pathlib import Path
 
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
-from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak
+from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
@@ -70,6 +70,7 @@ def main(argv=None):
     score_before = score(model, tokenizer, template_name, score_set, "before training")
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
+    reset_measured_peak()
     trainer.train(resume_from_checkpoint=resume)
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
