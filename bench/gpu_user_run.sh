@@ -2,7 +2,8 @@
 # One device call from the user's side: the GPU tests named in $TESTS, then the README's fast command on a random
 # Qwen2.5-0.5B-shaped model with the real alpaca data: the dry run's prediction, then the run under
 # --memory_budget_gb $BUDGET and the peak it measured; with MEMORY_REPORT=1, also bench/user_run_memory.py's report
-# of the tensors alive at the peak of the same run without CUDA graphs. Usage on the device: bash bench/gpu_user_run.sh OUT
+# of the tensors alive at the peak of the same run without CUDA graphs.
+# Usage on the device: bash bench/gpu_user_run.sh OUT
 # Carries .whl and .device_assets (assets/tokenizers/qwen2.5, assets/data/sft: copies of ../shared/assets).
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
@@ -30,6 +31,6 @@ timeout ${RUN_TIMEOUT:-200} python3 main_train.py $RUN --output_dir /tmp/run --m
 cp /tmp/run/log_history.json "$OUT/" 2>/dev/null; ls /tmp/run
 if [ -n "${MEMORY_REPORT:-}" ]; then  # the same run without CUDA graphs, with the tensors alive at its peak
   timeout ${RUN_TIMEOUT:-200} python3 bench/user_run_memory.py $RUN --max_steps 6 --output_dir /tmp/run_mem \
-    --cuda_graphs false --memory_budget_gb ${BUDGET:-1.5} 2>&1 | grep -E "\[dojo\] (memory|measured)|baseline| MB |error" \
-    | tail -20
+    --cuda_graphs false --memory_budget_gb ${BUDGET:-1.5} 2>&1 \
+    | grep -E "\[dojo\] (memory|measured)|baseline| MB |error" | tail -20
 fi
