@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for Etude pretraining speed: GPU tests named in $TESTS, bench/etude_bench.py's variants (with a
-# kernel profile), then the user's command, `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration
+# kernel profile) for each split in $BENCH_MB (default 60x1; empty: none), then the user's command, `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration
 # for each micro-batch split in $ETUDE_MB. Usage on the device: bash bench/gpu_etude.sh OUT
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
@@ -10,8 +10,8 @@ python3 -c "import torch, transformers as t; print(torch.__version__, t.__versio
 if [ -n "${TESTS:-}" ]; then
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS 2>&1 | tail -15
 fi
-for split in ${BENCH_MB:-"60 1"}; do
-  set -- $split
+for split in ${BENCH_MB-"60x1"}; do
+  set -- ${split/x/ }
   timeout ${BENCH_TIMEOUT:-300} python3 bench/etude_bench.py --peer_bench .device_assets/bench/peer_bench.py \
     --variants "${VARIANTS:-default}" --batch $1 --accum $2 --steps 20 --warmup 10 \
     --profile ${PROFILE:-0} --out "$OUT/etude_bench_$1x$2.json" 2>&1 | grep -v -i warn

@@ -61,7 +61,6 @@ def test_padding_free_keeps_samples_apart():
     assert not torch.allclose(logits[0, :10], logits2[0, :10])
 
 
-
 @pytest.mark.parametrize("bucket", [0, 8])
 def test_pieces_hold_whole_samples_in_order_within_max_tokens(bucket):
     feats = _features([9, 14, 5, 30, 3, 11])  # 72 tokens; the 30-token sample is longer than max_tokens

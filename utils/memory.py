@@ -219,16 +219,20 @@ def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str =
             f"tokens): {body} (GB)")
 
 
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
 def reset_measured_peak() -> None:
     """Start the measured peak at the training loop, as the bench does: the estimate predicts a training step."""
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if _cuda_in_use():
         torch.cuda.reset_peak_memory_stats()
 
 
 def measured_peak() -> str | None:
     """The line a GPU run logs when training ends, to compare with the prediction of --dry_run / memory_budget_gb:
     what this process's CUDA allocator held at its peak since reset_measured_peak (None without CUDA)."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    if not _cuda_in_use():
         return None
     return (f"measured peak GPU memory in training {torch.cuda.max_memory_allocated() / GB:.2f} GB allocated "
             f"({torch.cuda.max_memory_reserved() / GB:.2f} GB reserved by the allocator) on this device")

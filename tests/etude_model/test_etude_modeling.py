@@ -209,4 +209,3 @@ def test_embedding_accessors_and_resize(make_tiny_config):
     model.resize_token_embeddings(384)  # e.g. after adding tokens to a tokenizer
     assert model.config.vocab_size == 384 and model.lm_head.weight.shape == (384, 64)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-
