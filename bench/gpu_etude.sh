@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for Etude pretraining speed: GPU tests named in $TESTS, bench/etude_bench.py's variants (with a
-# kernel profile) for each split in $BENCH_MB (default 60x1; empty: none), then the user's command, `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration
-# for each micro-batch split in $ETUDE_MB. Usage on the device: bash bench/gpu_etude.sh OUT
+# kernel profile) for each split in $BENCH_MB (default 60x1; empty: none), then the user's command,
+# `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration for each split in $ETUDE_MB.
+# Usage on the device: bash bench/gpu_etude.sh OUT
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
