@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One device call from the user's side: the GPU tests named in $TESTS, then the README's fast command on a random
 # Qwen2.5-0.5B-shaped model with the real alpaca data: the dry run's prediction, then the run under
-# --memory_budget_gb $BUDGET and the peak it measured; with MEMORY_REPORT=1, also bench/user_run_memory.py's report
-# of the tensors alive at the peak of the same run without CUDA graphs.
+# --memory_budget_gb $BUDGET with bench/user_run_memory.py's trace of where the peak rose; with MEMORY_REPORT=1, also
+# the report of the tensors alive at the peak of the same run without CUDA graphs; EXTRA_RUNS="flags;flags": more
+# variants of 6 steps (e.g. "--cuda_graphs false --compile_layers false").
 # Usage on the device: bash bench/gpu_user_run.sh OUT
 # Carries .whl and .device_assets (assets/tokenizers/qwen2.5, assets/data/sft: copies of ../shared/assets).
 set -uo pipefail
@@ -26,11 +27,24 @@ PY
 RUN="qwen_lora_fast --model_name_or_path /tmp/q05 --train_data_path .device_assets/assets/data/sft/alpaca_en_demo.jsonl
   --max_steps ${STEPS:-40} --logging_steps 10 --save_steps 1000 --report_to none --disable_tqdm true"
 python3 main_train.py $RUN --output_dir /tmp/dry --dry_run true 2>&1 | grep -E "predicted|error"
-timeout ${RUN_TIMEOUT:-200} python3 main_train.py $RUN --output_dir /tmp/run --memory_budget_gb ${BUDGET:-1.5} 2>&1 \
-  | grep -E "\[dojo\] (memory|model|measured|done)|'loss'|train_runtime|error" | tail -12
+# the run, with bench/user_run_memory.py's trace of the training loop (main_train itself, plus [trace] lines);
+# printed: main_train's own lines, and each trace line at which the peak rose or a graph was captured
+PEAK_ROSE='/\[trace\]/ { p = $0; sub(/.*peak so far +/, "", p); p += 0; if (p > last + 0.005 || /capture/) print; \
+  last = p > last ? p : last; next } { print }'
+user_run() {  # name, flags...: the logged lines to stdout, the whole log to $OUT/name.log
+  local name=$1; shift
+  echo "== $name: $*"
+  timeout ${RUN_TIMEOUT:-200} python3 bench/user_run_memory.py --trace "$@" > "$OUT/$name.log" 2>&1
+  grep -E "\[dojo\] (memory|model|measured|done)|\[trace\]|'loss'|train_runtime|error| MB |baseline" \
+    "$OUT/$name.log" | awk "$PEAK_ROSE" | tail -${TAIL:-40}
+}
+user_run run $RUN --output_dir /tmp/run --memory_budget_gb ${BUDGET:-1.5}
 cp /tmp/run/log_history.json "$OUT/" 2>/dev/null; ls /tmp/run
 if [ -n "${MEMORY_REPORT:-}" ]; then  # the same run without CUDA graphs, with the tensors alive at its peak
-  timeout ${RUN_TIMEOUT:-200} python3 bench/user_run_memory.py $RUN --max_steps 6 --output_dir /tmp/run_mem \
-    --cuda_graphs false --memory_budget_gb ${BUDGET:-1.5} 2>&1 \
-    | grep -E "\[dojo\] (memory|measured)|baseline| MB |error" | tail -20
+  user_run run_nographs --report $RUN --max_steps 6 --output_dir /tmp/run_mem --cuda_graphs false \
+    --memory_budget_gb ${BUDGET:-1.5}
 fi
+IFS=';' read -ra EXTRA <<< "${EXTRA_RUNS:-}"  # more variants, each "flags": 6 steps each
+for i in "${!EXTRA[@]}"; do
+  user_run "run_extra$i" $RUN --max_steps 6 --output_dir /tmp/run_extra$i --memory_budget_gb ${BUDGET:-1.5} ${EXTRA[$i]}
+done
