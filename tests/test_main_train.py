@@ -172,11 +172,21 @@ def test_seed_fixes_the_adapter_initialisation(tiny_model, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
 def test_qwen_lora_fast_on_gpu_in_pieces_matches_the_plain_recipe_and_logs_its_peak(tiny_model, toy_data, tmp_path,
-                                                                                   capsys):
+                                                                                   capsys, monkeypatch):
     """The README's fast command end to end on a GPU in bf16 (flash varlen attention, compiled layers, CUDA graphs,
     micro-batches run in pieces of 32 tokens): the same losses as the plain recipe within bf16 rounding (rel 2e-2),
-    a reloadable adapter, and the measured peak in the log."""
+    a reloadable adapter, and the measured peak in the log. Every layer is differentiated in training mode, so
+    checkpointed (from_pretrained leaves the base model in eval mode under a PeftModel in training mode)."""
+    import utils.model
     model_dir = tiny_model("qwen")
+    modes, forward = set(), utils.model._checkpointed_forward
+
+    def recorded(layer, *args, **kwargs):
+        if torch.is_grad_enabled():  # training (evaluation runs under no_grad)
+            modes.add((layer.training, layer.gradient_checkpointing))
+        return forward(layer, *args, **kwargs)
+
+    monkeypatch.setattr(utils.model, "_checkpointed_forward", recorded)
     plain = main_train.main(["qwen_lora", *train_argv(model_dir, toy_data, tmp_path / "plain", "--padding_free",
                                                       "true", "--optim", "adamw_torch_fused")])
     fast = main_train.main(["qwen_lora_fast", *train_argv(model_dir, toy_data, tmp_path / "fast",
@@ -188,3 +198,4 @@ def test_qwen_lora_fast_on_gpu_in_pieces_matches_the_plain_recipe_and_logs_its_p
     reloaded = dict(reload(tmp_path / "fast", model_dir, "lora").named_parameters())
     assert trained and all(torch.allclose(reloaded[n].float(), p, rtol=1e-2, atol=1e-6) for n, p in trained.items())
     assert "measured peak GPU memory" in capsys.readouterr().out
+    assert modes == {(True, True)}

@@ -60,18 +60,21 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, num_items, chunk):
+    def forward(ctx, hidden, weight, labels, num_items, chunk, differentiable):
+        """differentiable False (evaluation, under no_grad): the loss only, no gradient buffers."""
         fn = chunk_fn(hidden.device)
         dtype = compute_dtype(hidden)
         x, w = hidden.to(dtype), weight.to(dtype)
-        grad_x = torch.empty_like(x)
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+        grad_x = torch.empty_like(x) if differentiable else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if differentiable and weight.requires_grad \
+            else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, x.shape[0], chunk):
             h = x[start:start + chunk]
             loss, grad_logits = fn(h @ w.t(), labels[start:start + chunk])
             total += loss
-            torch.mm(grad_logits, w, out=grad_x[start:start + chunk])
+            if grad_x is not None:
+                torch.mm(grad_logits, w, out=grad_x[start:start + chunk])
             if grad_weight is not None:
                 grad_weight += (grad_logits.t() @ h).float()
         ctx.save_for_backward(grad_x, grad_weight, num_items)
@@ -86,7 +89,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         # in place: a trained head's fp32 gradient is vocabulary x hidden (0.5 GB on Qwen2.5-0.5B); no second copy.
         # (A second backward through this graph then fails autograd's version check instead of double-scaling.)
         grad_w = grad_weight.mul_(scale).to(ctx.dtypes[1]) if grad_weight is not None else None
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
@@ -101,4 +104,5 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: 
         num_items_in_batch = (labels != IGNORE_INDEX).sum()
     num_items = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
     chunk = chunk_tokens(head.weight.shape[0], torch.finfo(compute_dtype(hidden)).bits // 8)
-    return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk)
+    differentiable = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk, differentiable)

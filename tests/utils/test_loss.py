@@ -48,3 +48,15 @@ def test_fp32_head_under_bf16_autocast_runs_in_bf16_like_the_plain_path():
     loss.backward()
     assert hidden.grad.dtype == torch.float32
     torch.testing.assert_close(loss, ref, atol=2e-2, rtol=1e-2)
+
+
+def test_chunked_loss_without_grad_is_the_same_loss():
+    """Evaluation runs under no_grad: the loss alone, with no gradient buffers built for it."""
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 90, 16, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False)
+    labels = torch.randint(0, 50, (1, 90))
+    with torch.no_grad():
+        loss = chunked_causal_lm_loss(hidden, head, labels)
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, ForCausalLMLoss(head(hidden), labels, 50), atol=1e-6, rtol=1e-6)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import pytest
 import torch
 import transformers
 from transformers import Trainer
@@ -38,3 +39,33 @@ def test_dojo_trainer_matches_hf_trainer(tmp_path):
     assert flos == hf_flos
     for name, w in hf_weights.items():
         torch.testing.assert_close(weights[name], w, atol=0, rtol=0)
+
+
+def _evaluate(tmp_path, chunked_loss: bool, max_tokens: int) -> tuple[float, int]:
+    """(eval_loss, how many times the output head computed full-vocabulary logits)"""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    args = TrainArgs(output_dir=str(tmp_path / f"eval{chunked_loss}{max_tokens}"), use_cpu=True, bf16=False,
+                     per_device_eval_batch_size=3, report_to="none", padding_free=True, chunked_loss=chunked_loss,
+                     micro_batch_max_tokens=max_tokens, disable_tqdm=True)
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for n in (9, 14, 5, 11, 8, 13, 7):
+        ids = torch.randint(3, 128, (n,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (n // 2) + ids[n // 2:]})
+    model, logits = transformers.Qwen2ForCausalLM(config), []
+    model.lm_head.register_forward_hook(lambda module, args, out: logits.append(out.shape))
+    trainer = DojoTrainer(model=model, args=args, eval_dataset=rows,
+                          data_collator=PaddingFreeCollator(max_tokens=max_tokens))
+    return trainer.evaluate()["eval_loss"], len(logits)
+
+
+def test_chunked_evaluation_loss_in_pieces_matches_the_trainers_own(tmp_path):
+    """Under chunked_loss, evaluation skips the full-vocabulary logits and runs the pieces of a batch (the peak of
+    a GPU run was its evaluation): the same mean loss as the Trainer's own evaluation of whole batches."""
+    plain, plain_logits = _evaluate(tmp_path, chunked_loss=False, max_tokens=0)
+    assert plain_logits == 3  # 7 samples in batches of 3
+    for max_tokens in (0, 16):  # whole batches; pieces of at most 16 tokens
+        loss, logits = _evaluate(tmp_path, chunked_loss=True, max_tokens=max_tokens)
+        assert logits == 0 and loss == pytest.approx(plain, rel=1e-5)
