@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call from the user's side: the GPU tests named in $TESTS, then the README's fast command on a random
-# Qwen2.5-0.5B-shaped model with the real alpaca data: the dry run's prediction, then the run under
+# Qwen2.5-0.5B-shaped model (MODEL=7b: 7B-shaped) with the real alpaca data: the dry run's prediction, then the run under
 # --memory_budget_gb $BUDGET with bench/user_run_memory.py's trace of where the peak rose; with MEMORY_REPORT=1, also
 # the report of the tensors alive at the peak of the same run without CUDA graphs; EXTRA_RUNS="flags;flags": more
 # variants of 6 steps (e.g. "--cuda_graphs false --compile_layers false").
@@ -14,17 +14,20 @@ export DOJO_SHARED_ASSETS=$PWD/.device_assets/assets
 if [ -n "${TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -rs -p no:cacheprovider $TESTS 2>&1 | tail -15
 fi
-python3 - <<'PY'
-import shutil, torch, transformers
-config = transformers.Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                                  intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
-                                  rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6)
+python3 - "${MODEL:-0.5b}" <<'PY'
+import shutil, sys, torch, transformers
+dims = {"0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                     intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
+        "7b": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                   intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False)}[sys.argv[1]]
+config = transformers.Qwen2Config(**dims, rope_theta=1e6, max_position_embeddings=32768, rms_norm_eps=1e-6)
 torch.manual_seed(0)
-transformers.Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained("/tmp/q05")
+with torch.device("cuda"):  # random weights, initialised on the GPU (minutes on the CPU at 7B)
+    transformers.Qwen2ForCausalLM._from_config(config, dtype=torch.bfloat16).save_pretrained("/tmp/model")
 for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-    shutil.copy(f".device_assets/assets/tokenizers/qwen2.5/{f}", "/tmp/q05")
+    shutil.copy(f".device_assets/assets/tokenizers/qwen2.5/{f}", "/tmp/model")
 PY
-RUN="qwen_lora_fast --model_name_or_path /tmp/q05 --train_data_path .device_assets/assets/data/sft/alpaca_en_demo.jsonl
+RUN="qwen_lora_fast --model_name_or_path /tmp/model --train_data_path .device_assets/assets/data/sft/alpaca_en_demo.jsonl
   --max_steps ${STEPS:-40} --logging_steps 10 --save_steps 1000 --report_to none --disable_tqdm true"
 python3 main_train.py $RUN --output_dir /tmp/dry --dry_run true 2>&1 | grep -E "predicted|error"
 # the run, with bench/user_run_memory.py's trace of the training loop (main_train itself, plus [trace] lines);
