@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call from the user's side: the GPU tests named in $TESTS, then the README's fast command on a random
-# Qwen2.5-0.5B-shaped model (MODEL=7b: 7B-shaped) with the real alpaca data: the dry run's prediction, then the run under
-# --memory_budget_gb $BUDGET with bench/user_run_memory.py's trace of where the peak rose; with MEMORY_REPORT=1, also
-# the report of the tensors alive at the peak of the same run without CUDA graphs; EXTRA_RUNS="flags;flags": more
-# variants of 6 steps (e.g. "--cuda_graphs false --compile_layers false").
+# Qwen2.5-0.5B-shaped model (MODEL=7b: 7B-shaped) with the real alpaca data: the dry run's prediction, then the run
+# under --memory_budget_gb $BUDGET with bench/user_run_memory.py's trace of where the peak rose; with
+# MEMORY_REPORT=1, also the report of the tensors alive at the peak of the same run without CUDA graphs (and without
+# compiled layers: the allocator's stack recording broke a compiled layer's recompute on the H200);
+# EXTRA_RUNS="flags;flags": more variants of 6 steps (e.g. "--cuda_graphs false").
 # Usage on the device: bash bench/gpu_user_run.sh OUT
 # Carries .whl and .device_assets (assets/tokenizers/qwen2.5, assets/data/sft: copies of ../shared/assets).
 set -uo pipefail
@@ -27,7 +28,8 @@ with torch.device("cuda"):  # random weights, initialised on the GPU (minutes on
 for f in ("vocab.json", "merges.txt", "tokenizer_config.json"):
     shutil.copy(f".device_assets/assets/tokenizers/qwen2.5/{f}", "/tmp/model")
 PY
-RUN="qwen_lora_fast --model_name_or_path /tmp/model --train_data_path .device_assets/assets/data/sft/alpaca_en_demo.jsonl
+DATA=.device_assets/assets/data/sft/alpaca_en_demo.jsonl
+RUN="qwen_lora_fast --model_name_or_path /tmp/model --train_data_path $DATA
   --max_steps ${STEPS:-40} --logging_steps 10 --save_steps 1000 --report_to none --disable_tqdm true"
 python3 main_train.py $RUN --output_dir /tmp/dry --dry_run true 2>&1 | grep -E "predicted|error"
 # the run, with bench/user_run_memory.py's trace of the training loop (main_train itself, plus [trace] lines);
@@ -45,7 +47,7 @@ user_run run $RUN --output_dir /tmp/run --memory_budget_gb ${BUDGET:-1.5}
 cp /tmp/run/log_history.json "$OUT/" 2>/dev/null; ls /tmp/run
 if [ -n "${MEMORY_REPORT:-}" ]; then  # the same run without CUDA graphs, with the tensors alive at its peak
   user_run run_nographs --report $RUN --max_steps 6 --output_dir /tmp/run_mem --cuda_graphs false \
-    --memory_budget_gb ${BUDGET:-1.5}
+    --compile_layers false --memory_budget_gb ${BUDGET:-1.5}
 fi
 IFS=';' read -ra EXTRA <<< "${EXTRA_RUNS:-}"  # more variants, each "flags": 6 steps each
 for i in "${!EXTRA[@]}"; do
