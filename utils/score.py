@@ -9,6 +9,9 @@ from __future__ import annotations
 import torch
 
 import chat_template
+from utils.attention import NAME as VARLEN
+
+GENERATION_ATTENTION = "sdpa"  # varlen attends within packed training rows; generation feeds left-padded batches
 
 
 @torch.no_grad()
@@ -17,9 +20,11 @@ def exact_match(model, tokenizer, conversations, template_name: str, max_new_tok
     """(accuracy, [(prompt, reference, answer), ...])."""
     stops = chat_template.stop_token_ids(tokenizer, template_name)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
-    was_training, use_cache = model.training, model.config.use_cache
+    was_training, use_cache, attention = model.training, model.config.use_cache, model.config._attn_implementation
     model.eval()
     model.config.use_cache = True
+    if attention == VARLEN:
+        model.set_attn_implementation(GENERATION_ATTENTION)
     device = next(model.parameters()).device
     results = []
     for start in range(0, len(conversations), batch_size):
@@ -38,5 +43,7 @@ def exact_match(model, tokenizer, conversations, template_name: str, max_new_tok
             results.append((conv.messages[-2]["content"], conv.messages[-1]["content"].strip(), answer))
     model.train(was_training)
     model.config.use_cache = use_cache
+    if attention == VARLEN:
+        model.set_attn_implementation(VARLEN)
     accuracy = sum(ref == ans for _, ref, ans in results) / max(1, len(results))
     return accuracy, results
