@@ -87,7 +87,8 @@ class TrainArgs(TrainingArguments):
     chunked_loss: bool = field(default=False, metadata=_help(
         "Fast path: the output head and the cross-entropy run a chunk of tokens at a time, gradients computed on the "
         "fly, so the full-vocabulary logits never exist (GBs with 150k-word vocabularies). Same loss and "
-        "gradients as the plain path; one process (not under torchrun)."))
+        "gradients as the plain path (Gemma 2/3's logit soft-capping included; a model that transforms its logits "
+        "otherwise is refused), evaluation included; one process (not under torchrun)."))
     cuda_graphs: bool = field(default=False, metadata=_help(
         "Fast path (one CUDA GPU): replay each micro-batch's forward + backward as a CUDA graph, one launch instead "
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "

@@ -25,18 +25,47 @@ def chunk_tokens(vocab_size: int, element_size: int) -> int:
     return max(64, CHUNK_BYTES // (2 * element_size * vocab_size) // 64 * 64)
 
 
-def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor,
+                         softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy of one chunk and its gradient w.r.t. the logits (softmax - onehot on supervised rows).
     Written as one reduction and one elementwise expression (no scatter), so that compiled it is two kernels that
-    read the logits and write the gradient in their own dtype, with no fp32 copy in between."""
+    read the logits and write the gradient in their own dtype, with no fp32 copy in between.
+
+    softcap (Gemma 2/3's final_logit_softcapping c): the model's logits are c * tanh(z / c) of the head's output z,
+    so the gradient w.r.t. z is the softmax's times d/dz c * tanh(z / c) = 1 - tanh(z / c)^2."""
     x = logits.float()
+    if softcap:
+        x = softcap * torch.tanh(x / softcap)
     valid = (labels != IGNORE_INDEX).unsqueeze(1)
     target = labels.clamp(min=0).unsqueeze(1)
     lse = torch.logsumexp(x, dim=-1, keepdim=True)
     loss = ((lse - x.gather(1, target)) * valid).sum()
     onehot = torch.arange(x.shape[1], device=x.device).unsqueeze(0) == target
     grad = (torch.exp(x - lse) - onehot.float()) * valid
+    if softcap:
+        grad = grad * (1 - (x / softcap) ** 2)
     return loss, grad.to(logits.dtype)
+
+
+# Causal LMs whose logits are the output head's, at most soft-capped (final_logit_softcapping): the loss computed
+# here is then the model's. Others scale or shift their logits (Cohere's logit_scale, Granite's logits_scaling, ...),
+# which this loss would silently leave out.
+MODEL_TYPES = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
+               "phi3", "etude")
+
+
+def check_model(config) -> None:
+    """Refuse chunked_loss for a model whose training loss it would not reproduce."""
+    if config.model_type not in MODEL_TYPES:
+        raise ValueError(f"chunked_loss reproduces the loss of models whose logits are the output head's "
+                         f"({', '.join(MODEL_TYPES)}); {config.model_type!r} is not among them: set chunked_loss false")
+    if getattr(config, "output_router_logits", False):
+        raise ValueError("chunked_loss leaves out the router's load-balancing loss that output_router_logits adds: "
+                         "set chunked_loss false, or output_router_logits false in the model's config")
+
+
+def head_softcap(config) -> float | None:
+    return getattr(config, "final_logit_softcapping", None)
 
 
 _compiled_chunk = None
@@ -60,7 +89,7 @@ def compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, num_items, chunk, differentiable):
+    def forward(ctx, hidden, weight, labels, num_items, chunk, differentiable, softcap):
         """differentiable False (evaluation, under no_grad): the loss only, no gradient buffers."""
         fn = chunk_fn(hidden.device)
         dtype = compute_dtype(hidden)
@@ -71,7 +100,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, x.shape[0], chunk):
             h = x[start:start + chunk]
-            loss, grad_logits = fn(h @ w.t(), labels[start:start + chunk])
+            loss, grad_logits = fn(h @ w.t(), labels[start:start + chunk], softcap)
             total += loss
             if grad_x is not None:
                 torch.mm(grad_logits, w, out=grad_x[start:start + chunk])
@@ -89,13 +118,15 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         # in place: a trained head's fp32 gradient is vocabulary x hidden (0.5 GB on Qwen2.5-0.5B); no second copy.
         # (A second backward through this graph then fails autograd's version check instead of double-scaling.)
         grad_w = grad_weight.mul_(scale).to(ctx.dtypes[1]) if grad_weight is not None else None
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
-                           num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+                           num_items_in_batch: torch.Tensor | int | None = None,
+                           softcap: float | None = None) -> torch.Tensor:
     """transformers' causal-LM loss (token t predicts label t+1, summed over supervised tokens and divided by
-    num_items_in_batch, else their count) from the last hidden states [B, T, h] and the output head."""
+    num_items_in_batch, else their count) from the last hidden states [B, T, h] and the output head (its logits
+    soft-capped at `softcap` first, as Gemma 2/3 do)."""
     if head.bias is not None:
         raise ValueError("chunked_loss supports output heads without bias")
     labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
@@ -105,4 +136,4 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: 
     num_items = torch.as_tensor(num_items_in_batch, device=hidden.device).float()
     chunk = chunk_tokens(head.weight.shape[0], torch.finfo(compute_dtype(hidden)).bits // 8)
     differentiable = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-    return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk, differentiable)
+    return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk, differentiable, softcap)

@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback
 from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
-from utils.loss import chunked_causal_lm_loss
+from utils.loss import check_model, chunked_causal_lm_loss, head_softcap
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
@@ -216,7 +216,8 @@ class DojoTrainer(Trainer):
         labels = inputs.pop("labels")
         with self.accelerator.autocast():  # as the wrapped model's forward would run
             hidden = causal_lm.get_decoder()(**inputs).last_hidden_state
-            return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch)
+            return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch,
+                                          head_softcap(causal_lm.config))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """chunked_loss: the evaluation loss through utils/loss.py too, piece by piece as in training. The
@@ -265,6 +266,8 @@ def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer
         raise ValueError("cuda_graphs, chunked_loss and micro_batch_max_tokens (also as memory_budget_gb sets it) "
                          "are single-process paths; under torchrun use use_liger_kernel for the loss and "
                          "per_device_train_batch_size for memory")
+    if args.chunked_loss:
+        check_model(model.config)
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,

@@ -60,3 +60,23 @@ def test_chunked_loss_without_grad_is_the_same_loss():
         loss = chunked_causal_lm_loss(hidden, head, labels)
     assert loss.grad_fn is None
     torch.testing.assert_close(loss, ForCausalLMLoss(head(hidden), labels, 50), atol=1e-6, rtol=1e-6)
+
+
+def test_chunked_loss_soft_caps_the_logits_like_gemma(monkeypatch):
+    """Gemma 2/3 train on c * tanh(z / c) of the head's logits z: the same loss and gradients, capped."""
+    monkeypatch.setattr("utils.loss.CHUNK_BYTES", 64 * 2 * 4 * 50)  # several chunks
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 150, 16, dtype=torch.float64, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False).double()
+    labels = torch.randint(0, 50, (1, 150))
+    cap = 1.5  # small enough that capping changes the loss
+    loss = chunked_causal_lm_loss(hidden, head, labels, softcap=cap)
+    loss.backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    ref = ForCausalLMLoss(cap * torch.tanh(head(hidden) / cap), labels, 50)
+    ref.backward()
+    torch.testing.assert_close(loss, ref.float(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-7, rtol=1e-4)
+    torch.testing.assert_close(grads[1], head.weight.grad, atol=1e-7, rtol=1e-4)
+    assert abs(loss.item() - chunked_causal_lm_loss(hidden, head, labels).item()) > 1e-2

@@ -69,3 +69,38 @@ def test_chunked_evaluation_loss_in_pieces_matches_the_trainers_own(tmp_path):
     for max_tokens in (0, 16):  # whole batches; pieces of at most 16 tokens
         loss, logits = _evaluate(tmp_path, chunked_loss=True, max_tokens=max_tokens)
         assert logits == 0 and loss == pytest.approx(plain, rel=1e-5)
+
+
+def _gemma2(softcap):
+    torch.manual_seed(0)
+    config = transformers.Gemma2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0,
+                                       final_logit_softcapping=softcap, tie_word_embeddings=False)
+    model = transformers.Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(100)  # logits of a few units, where a cap of 2 bends them
+    return model
+
+
+def test_chunked_loss_gives_gemma2_its_soft_capped_loss(tmp_path):
+    """Gemma 2 soft-caps its logits (final_logit_softcapping): the chunked loss is the model's own loss."""
+    ids = torch.randint(3, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "labels": ids}
+    losses = []
+    for chunked in (False, True):
+        args = TrainArgs(output_dir=str(tmp_path / str(chunked)), use_cpu=True, bf16=False, report_to="none",
+                         chunked_loss=chunked)
+        model = _gemma2(softcap=2.0)
+        losses.append(DojoTrainer(model=model, args=args).compute_loss(model, dict(batch)).item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert _gemma2(softcap=None)(**batch).loss.item() != pytest.approx(losses[0], rel=1e-2)  # the cap mattered
+
+
+def test_chunked_loss_refuses_a_model_that_transforms_its_logits(tmp_path):
+    """Cohere scales its logits (logit_scale): the chunked loss would not be the model's, so the run stops."""
+    from utils.trainer import build_trainer
+    config = transformers.CohereConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    args = TrainArgs(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", chunked_loss=True)
+    with pytest.raises(ValueError, match="chunked_loss reproduces .* 'cohere' is not among them"):
+        build_trainer(transformers.CohereForCausalLM(config), args, None, [], None)
