@@ -80,3 +80,28 @@ def test_chunked_loss_soft_caps_the_logits_like_gemma(monkeypatch):
     torch.testing.assert_close(grads[0], hidden.grad, atol=1e-7, rtol=1e-4)
     torch.testing.assert_close(grads[1], head.weight.grad, atol=1e-7, rtol=1e-4)
     assert abs(loss.item() - chunked_causal_lm_loss(hidden, head, labels).item()) > 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_compiled_chunk_on_gpu_matches_the_reference_in_bf16(softcap, monkeypatch):
+    """On CUDA the chunk's softmax math is compiled (chunk_fn): the loss and gradients of the model's own
+    (soft-capped) logits in fp32, within bf16 rounding, across several chunks."""
+    monkeypatch.setattr("utils.loss.CHUNK_BYTES", 256 * 2 * 2 * 3000)  # chunks of 256 tokens: 4, the last partial
+    torch.manual_seed(0)
+    hidden = torch.randn(1, 1000, 64, device="cuda", requires_grad=True)
+    head = torch.nn.Linear(64, 3000, bias=False, device="cuda")
+    head.weight.data.mul_(20)  # logits of tens, where a cap of 30 bends them
+    labels = torch.randint(0, 3000, (1, 1000), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = chunked_causal_lm_loss(hidden, head, labels, softcap=softcap)
+    loss.backward()
+    grads = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad, head.weight.grad = None, None
+    logits = head(hidden).float()
+    ref = ForCausalLMLoss(softcap * torch.tanh(logits / softcap) if softcap else logits, labels, 3000)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads, (hidden.grad, head.weight.grad)):
+        assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
