@@ -105,8 +105,9 @@ class TrainArgs(TrainingArguments):
     memory_budget_gb: float = field(default=0.0, metadata=_help(
         "With padding_free: pick micro_batch_max_tokens (replacing any given) so that the predicted peak GPU "
         "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in train_args.json. Leave "
-        "headroom: within 15 percent on the bench rows, +7 percent on the README's fast command at 0.5B "
-        "(bench/README.md); compare with the measured peak logged after training. 0: off."))
+        "headroom: within 15 percent on the bench rows and on the README's fast command at 0.5B and 7B; CUDA "
+        "graphs reserve more than they allocate (bench/README.md). Compare with the measured peak logged after "
+        "training. 0: off."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
     # --- TrainingArguments defaults re-chosen for single-GPU fine-tuning -------------------------------------------
