@@ -66,9 +66,6 @@ class GraphedStep:
             for _ in range(WARMUP_RUNS if self.graphs else FIRST_WARMUP_RUNS):
                 self.loss_fn(static, items).backward()
         torch.cuda.current_stream().wait_stream(self.side)
-        # The warm-ups' blocks stay cached for the warm-up stream, where the graph's pool cannot use them: give them
-        # back, so that the pool is built from that memory instead of beside it (a capture is rare; this syncs once).
-        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             loss = self.loss_fn(static, items)
