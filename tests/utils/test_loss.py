@@ -50,15 +50,20 @@ def test_fp32_head_under_bf16_autocast_runs_in_bf16_like_the_plain_path():
     torch.testing.assert_close(loss, ref, atol=2e-2, rtol=1e-2)
 
 
-def test_chunked_loss_without_grad_is_the_same_loss():
-    """Evaluation runs under no_grad: the loss alone, with no gradient buffers built for it."""
+def test_chunked_loss_without_grad_is_the_same_loss_and_only_the_logits_matmul():
+    """Evaluation runs under no_grad: the loss alone. The only matmul is the logits' (no d loss / d hidden or head
+    gradient computed for nothing), counted by torch's FLOP counter against the differentiable call's three."""
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(0)
     hidden = torch.randn(1, 90, 16, requires_grad=True)
     head = torch.nn.Linear(16, 50, bias=False)
     labels = torch.randint(0, 50, (1, 90))
-    with torch.no_grad():
-        loss = chunked_causal_lm_loss(hidden, head, labels)
-    assert loss.grad_fn is None
+    logits_flops = 2 * 90 * 16 * 50
+    for grad, matmuls in ((False, 1), (True, 3)):  # with grad: logits, d loss / d hidden, the head's gradient
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as flops:
+            loss = chunked_causal_lm_loss(hidden, head, labels)
+        assert flops.get_total_flops() == matmuls * logits_flops
+        assert (loss.grad_fn is None) == (not grad)
     torch.testing.assert_close(loss, ForCausalLMLoss(head(hidden), labels, 50), atol=1e-6, rtol=1e-6)
 
 
