@@ -59,6 +59,9 @@ OURS.update({
     "dojo_lora_graphs_eager": dict(GRAPHS),
     "dojo_lora_chunked": dict(GRAPHS, compile_layers=True, cuda_graphs=False),
     "dojo_lora_graphs_nockpt": dict(GRAPHS, compile_layers=True, activation_checkpointing=False),
+    # transformers' selective checkpointing: layers 0, 2, 4, ... checkpointed, the others keep their activations
+    "dojo_lora_graphs_every2": dict(GRAPHS, compile_layers=True, activation_checkpointing_kwargs={
+        "use_reentrant": False, "every_n_layers": 2}),
     "dojo_dora_graphs": dict(GRAPHS, use_dora=True, compile_layers=True),
     "dojo_dora_graphs_factored": dict(GRAPHS, use_dora=True, compile_layers=True, factored_dora_norm=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),

@@ -4,7 +4,7 @@
 
 The issue's anchor is karpathy/nanoGPT's train.py unmodified (12 layers x 768, 12 heads, block 1024, batch 12 x
 accumulation 5 = 61,440 tokens per step, bf16 autocast, compile, random tokens). This script runs the same model
-through etude_model's own pieces (EtudeForCausalLM, make_optimizer, flops_per_token) and the same loop as
+through etude_model's own pieces (EtudeForCausalLM, make_optimizer, make_loss_fn, flops_per_token) and the same loop as
 etude_model/pretrain.py (forward + loss, backward, clip at 1.0, fused AdamW), on random tokens, and measures the
 bf16 matmul ceiling in the same process with peer_bench.py's own function. The headline figure of a release comes
 from `python -m etude_model.pretrain` itself (bench/gpu_etude.sh); this script is for finding where the time goes:
@@ -26,31 +26,36 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from bench import load_peer_bench, top_kernels  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from etude_model import EtudeForCausalLM, make_config  # noqa: E402
-from etude_model.pretrain import flops_per_token, make_optimizer  # noqa: E402
+from etude_model.pretrain import flops_per_token, make_loss_fn, make_optimizer  # noqa: E402
 
 # GPT-2 124M as nanoGPT's train.py builds it: learned positions, LayerNorm, GELU, tied head, no bias, 50304 rows.
 GPT2_124M = dict(num_hidden_layers=12, max_position_embeddings=1024, tie_word_embeddings=True, bias=False,
                  vocab_size=50304)
-# name -> (SDPA backend or None for torch's choice, torch.compile mode, inductor options). Variants that rewrote
-# the model (one matmul for q/k/v, a scatter-free loss) were measured and removed: bench/README.md, 2026-12-01.
+# name -> (SDPA backend or None for torch's choice, torch.compile mode, inductor options, pretrain's --fused_ce,
+# EtudeConfig.autocast_residual). Variants that rewrote the model or the loss (one matmul for q/k/v, a scatter-free
+# loss, utils/loss.py's chunked head + loss) were measured and removed: bench/README.md, 2026-12-01.
 VARIANTS = {
-    "default": (None, "default", {}),
-    "cudnn": ("CUDNN_ATTENTION", "default", {}),
-    "flash": ("FLASH_ATTENTION", "default", {}),
-    "coord": (None, "default", {"coordinate_descent_tuning": True}),
-    "autotune": (None, "max-autotune-no-cudagraphs", {}),
+    "default": (None, "default", {}, False, False),
+    "cudnn": ("CUDNN_ATTENTION", "default", {}, False, False),
+    "flash": ("FLASH_ATTENTION", "default", {}, False, False),
+    "coord": (None, "default", {"coordinate_descent_tuning": True}, False, False),
+    "autotune": (None, "max-autotune-no-cudagraphs", {}, False, False),
+    "liger_ce": (None, "default", {}, True, False),
+    "bf16_residual": (None, "default", {}, False, True),
+    "liger_ce_bf16_residual": (None, "default", {}, True, True),
 }
 
 
 def run_variant(name: str, a) -> dict:
-    backend, mode, inductor_options = VARIANTS[name]
+    backend, mode, inductor_options, fused_ce, autocast_residual = VARIANTS[name]
     torch._dynamo.reset()
     torch.manual_seed(a.seed)
-    config = make_config("etude-v0.1", **GPT2_124M)
+    config = make_config("etude-v0.1", **GPT2_124M, autocast_residual=autocast_residual)
     model = EtudeForCausalLM(config).to(a.device).train()
     opt_args = SimpleNamespace(lr=6e-4, beta1=0.9, beta2=0.95, weight_decay=0.1)
     optimizer = make_optimizer(model, opt_args, a.device)
     step_model = torch.compile(model, mode=mode)
+    loss_fn = make_loss_fn(step_model, SimpleNamespace(fused_ce=fused_ce), torch.device(a.device))
     if backend:
         from torch.nn.attention import SDPBackend, sdpa_kernel
         attention = sdpa_kernel(getattr(SDPBackend, backend))
@@ -63,7 +68,7 @@ def run_variant(name: str, a) -> dict:
         for _ in range(a.accum):
             tokens = torch.randint(0, config.vocab_size, (a.batch, T + 1), device=a.device, generator=gen)
             with torch.autocast(a.device, dtype=torch.bfloat16):
-                loss = step_model(input_ids=tokens[:, :-1], shift_labels=tokens[:, 1:], use_cache=False).loss
+                loss = loss_fn(tokens[:, :-1], tokens[:, 1:])
             (loss / a.accum).backward()
             loss_sum += loss.detach()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -124,7 +129,7 @@ def main():
     for name in a.variants.split(","):
         try:
             row = run_variant(name, a)
-        except Exception as e:  # noqa: BLE001  (one failing variant must not lose the others' rows)
+        except (Exception, SystemExit) as e:  # noqa: BLE001  (one failing variant must not lose the others' rows)
             row = dict(variant=name, error=f"{type(e).__name__}: {e}"[:300])
         row["mfu"] = round(row["model_tflops_per_s"] / ceiling["tflops_median"], 4) if "error" not in row else None
         rows.append(row)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call for Etude pretraining speed: GPU tests named in $TESTS, bench/etude_bench.py's variants (with a
 # kernel profile) for each split in $BENCH_MB (default 60x1; empty: none), then the user's command,
-# `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration for each split in $ETUDE_MB.
+# `python -m etude_model.pretrain`, at nanoGPT's GPT-2-124M configuration for each split in $ETUDE_MB and each flag
+# set in $ETUDE_FLAGS (";"-separated, an empty set is the plain loop), $STEPS steps each (default 40).
 # Usage on the device: bash bench/gpu_etude.sh OUT
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
@@ -19,12 +20,19 @@ for split in ${BENCH_MB-"60x1"}; do
 done
 GPT2="--preset etude-v0.1 --config_override num_hidden_layers=12 --config_override max_position_embeddings=1024 \
   --config_override tie_word_embeddings=true --config_override bias=false"
+STEPS=${STEPS:-40}
+IFS=';' read -ra FLAG_SETS <<< "${ETUDE_FLAGS:-}"; [ ${#FLAG_SETS[@]} -eq 0 ] && FLAG_SETS=("")
 for mb in ${ETUDE_MB:-}; do
   set -- ${mb/x/ }
-  timeout 120 python3 -m etude_model.pretrain $GPT2 --tiktoken_file .device_assets/gpt2.tiktoken \
-    --data .device_assets/pretrain --text_split line --block_size 1024 --batch_size $1 --grad_accum_steps $2 \
-    --max_steps 40 --warmup_steps 5 --log_every 10 --eval_every 100000 --eval_iters 1 --save_every 100000 --compile \
-    --no_progress --peak_tflops ${PEAK_TFLOPS:-788} --cache_dir /tmp/etude_cache --output_dir /tmp/pt_$1_$2 \
-    2>&1 | grep -v -i warn | tail -4
-  cp /tmp/pt_$1_$2/loss_log.jsonl "$OUT/pretrain_$1x$2.jsonl"; tail -2 "$OUT/pretrain_$1x$2.jsonl"
+  for i in "${!FLAG_SETS[@]}"; do
+    flags=${FLAG_SETS[$i]}; run=$1x$2_$i
+    echo "== pretrain $mb, flags: ${flags:-none}"
+    timeout ${PRETRAIN_TIMEOUT:-120} python3 -m etude_model.pretrain $GPT2 $flags \
+      --tiktoken_file .device_assets/gpt2.tiktoken --data .device_assets/pretrain --text_split line \
+      --block_size 1024 --batch_size $1 --grad_accum_steps $2 --max_steps $STEPS --warmup_steps 5 \
+      --log_every ${LOG_EVERY:-10} --eval_every ${EVAL_EVERY:-100000} --eval_iters 1 --save_every 100000 --compile \
+      --no_progress --peak_tflops ${PEAK_TFLOPS:-788} --cache_dir /tmp/etude_cache --output_dir /tmp/pt_$run \
+      2>&1 | grep -v -i warn | tail -4
+    cp /tmp/pt_$run/loss_log.jsonl "$OUT/pretrain_$run.jsonl"; tail -2 "$OUT/pretrain_$run.jsonl"
+  done
 done

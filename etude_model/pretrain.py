@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto = bf16 autocast on CUDA, fp32 elsewhere (default: %(default)s)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (faster on GPU after a warm-up)")
+    g.add_argument("--fused_ce", action="store_true", help="CUDA: the training loss by liger-kernel's cross-entropy "
+                   "kernel, which writes the logits' gradient over the logits in the forward (no fp32 copy, no "
+                   "second pass in the backward): less memory and a faster step; needs liger-kernel")
     g.add_argument("--peak_tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s for MFU (default: %(default)s = H100 SXM bf16 dense)")
     g = p.add_argument_group("logging and checkpoints")
@@ -109,6 +112,24 @@ def make_optimizer(model, args, device_type: str) -> torch.optim.AdamW:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.beta1, args.beta2), fused=device_type == "cuda")
+
+
+def make_loss_fn(model, args, device):
+    """(x, y) -> mean next-token cross-entropy of the training step: the model's own, or with --fused_ce
+    liger-kernel's on the model's logits (the model returns them without a loss)."""
+    if not args.fused_ce:
+        return lambda x, y: model(input_ids=x, shift_labels=y, use_cache=False).loss
+    if device.type != "cuda":
+        raise SystemExit(f"--fused_ce runs a Triton kernel: it needs a CUDA device, not {device}")
+    try:
+        from liger_kernel.transformers.functional import liger_cross_entropy
+    except ImportError as e:
+        raise SystemExit(f"--fused_ce needs liger-kernel (pip install -r requirements-gpu.txt): {e}") from e
+
+    def fused(x, y):
+        logits = model(input_ids=x, use_cache=False).logits
+        return liger_cross_entropy(logits.flatten(0, 1), y.flatten())
+    return fused
 
 
 def flops_per_token(config, seq_len: int) -> float:
@@ -291,6 +312,7 @@ def main(argv=None) -> dict:
                f"{'bf16 autocast' if use_bf16 else 'fp32'}\ncorpus: {meta['num_tokens']:,} tokens "
                f"({len(train_tokens):,} train / {len(val_tokens):,} val), {tokens_per_step:,} tokens per step")
     step_model = torch.compile(model) if args.compile else model
+    loss_fn = make_loss_fn(step_model, args, device)
 
     def log(record: dict):
         with open(log_path, "a") as fh:
@@ -306,7 +328,7 @@ def main(argv=None) -> dict:
         for _ in range(args.grad_accum_steps):
             x, y = (t.to(device, non_blocking=True) for t in loader.next_batch())
             with autocast:
-                loss = step_model(input_ids=x, shift_labels=y, use_cache=False).loss
+                loss = loss_fn(x, y)
             (loss / args.grad_accum_steps).backward()
             loss_sum += loss.detach()  # no .item() here: a host sync per micro-batch stalls the GPU queue
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip if args.grad_clip > 0 else float("inf"))

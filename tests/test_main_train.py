@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, GenerationConfig
 
 import main_train
 from tests.conftest import FAMILIES, train_argv
@@ -199,3 +199,27 @@ def test_qwen_lora_fast_on_gpu_in_pieces_matches_the_plain_recipe_and_logs_its_p
     assert trained and all(torch.allclose(reloaded[n].float(), p, rtol=1e-2, atol=1e-6) for n, p in trained.items())
     assert "measured peak GPU memory" in capsys.readouterr().out
     assert modes == {(True, True)}
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_every_n_layers_checkpoints_every_other_layer_with_the_same_losses(method, tiny_model, toy_data, tmp_path):
+    """activation_checkpointing_kwargs every_n_layers 2 (transformers' selective checkpointing) reaches the layers
+    through main_train, QLoRA's peft preparation included: layer 0 checkpointed, layer 1 not, the same losses."""
+    src, model_dir = tiny_model("qwen"), tmp_path / "two_layers"
+    config = AutoConfig.from_pretrained(src)
+    config.num_hidden_layers, config.layer_types = 2, config.layer_types * 2
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    for f in src.iterdir():
+        if "token" in f.name:
+            (model_dir / f.name).write_bytes(f.read_bytes())
+    runs = {}
+    for name, kwargs in {"all": '{"use_reentrant": false}',
+                         "every2": '{"use_reentrant": false, "every_n_layers": 2}'}.items():
+        runs[name] = main_train.main(train_argv(model_dir, toy_data, tmp_path / name, "--template_name", "qwen",
+                                                *METHODS[method], "--activation_checkpointing_kwargs", kwargs))
+    layers = lambda t: [m for m in t.model.modules() if type(m).__name__ == "Qwen2DecoderLayer"]  # noqa: E731
+    assert [layer.gradient_checkpointing for layer in layers(runs["all"])] == [True, True]
+    assert [layer.gradient_checkpointing for layer in layers(runs["every2"])] == [True, False]
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in runs.values()]
+    assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)

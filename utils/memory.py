@@ -75,6 +75,16 @@ def layer_activation_bytes(config, tokens: int, dtype_bytes: int = 2, residual_b
     return tokens * per_token
 
 
+def every_n_layers(args) -> int:
+    """transformers' selective checkpointing (activation_checkpointing_kwargs every_n_layers): layers 0, n, 2n, ...
+    are checkpointed, the others keep their activations (faster backward: no recompute, more memory)."""
+    return int((getattr(args, "activation_checkpointing_kwargs", None) or {}).get("every_n_layers", 1))
+
+
+def checkpointed_layers(args, layers: int) -> int:
+    return -(-layers // every_n_layers(args)) if args.activation_checkpointing else 0
+
+
 def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
     """(frozen bytes, trainable bytes, trainable count) of a meta model. Under QLoRA the decoder's linear weights
     are NF4: half a byte per weight plus one byte per 64-weight block (double-quantized absmax constants), and
@@ -115,8 +125,9 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
-    inputs = layers * tokens * hidden * residual
-    kept = (inputs if args.activation_checkpointing else layers * (one_layer + dora_kept)) + mask
+    checkpointed = checkpointed_layers(args, layers)
+    full_layer = one_layer + dora_kept  # what a layer without checkpointing keeps until its backward
+    kept = checkpointed * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
     head = model.get_output_embeddings().weight
     if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         # a trained head's fp32 gradient and its cast to the head's dtype, QLoRA's fp32 head cast for the matmul
@@ -135,11 +146,15 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
             or getattr(args, "micro_batch_max_tokens", 0))
     grads_at_loss = trainable_bytes if held else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
-    # the backward of the last layer (the first one differentiated): every layer's input is still kept, and the
-    # layer holds its saved tensors (recomputed under checkpointing) and as many bytes of gradients
-    layer_backward = (one_layer + dora_backward if args.activation_checkpointing else 0) + one_layer
-    at_backward = dict(gradients=trainable_bytes, activations=kept, loss_or_layer=layer_backward)
-    phase = max((at_loss, at_backward), key=lambda d: sum(d.values()))
+    # the backward of the last layer (the first one differentiated): everything kept is still there, and the layer
+    # creates as many bytes of gradients as it saved. The backward of the last checkpointed layer: the layers after
+    # it (not checkpointed, every_n_layers) have freed theirs, and it holds its recomputed tensors and gradients.
+    moments = [dict(gradients=trainable_bytes, activations=kept, loss_or_layer=one_layer)]
+    if checkpointed:
+        after = (layers - 1) - (layers - 1) // every_n_layers(args) * every_n_layers(args)
+        moments.append(dict(gradients=trainable_bytes, activations=kept - after * full_layer,
+                            loss_or_layer=2 * one_layer + dora_backward))
+    phase = max([at_loss, *moments], key=lambda d: sum(d.values()))
     parts = {"weights": frozen + trainable_bytes, "optimizer": optimizer, **phase}
     parts["workspace"] = WORKSPACE_MIN + WORKSPACE_FRACTION * sum(parts.values())
     parts = {k: v / GB for k, v in parts.items()}

@@ -209,3 +209,31 @@ def test_embedding_accessors_and_resize(make_tiny_config):
     model.resize_token_embeddings(384)  # e.g. after adding tokens to a tokenizer
     assert model.config.vocab_size == 384 and model.lm_head.weight.shape == (384, 64)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+@pytest.mark.parametrize("preset", ["etude-v0.1", "etude-tiny"])  # LayerNorm + learned positions, RMSNorm + RoPE
+def test_autocast_residual_runs_the_stream_in_bf16_and_keeps_the_loss(preset, make_tiny_config):
+    """autocast_residual: under bf16 autocast every layer's input (the residual stream) is bf16 instead of fp32,
+    the loss and gradients stay those of the fp32 stream within bf16 rounding; without autocast nothing changes."""
+    torch.manual_seed(0)
+    plain = EtudeForCausalLM(make_tiny_config(preset, dropout=0.0)).eval()
+    fast = EtudeForCausalLM(make_tiny_config(preset, dropout=0.0, autocast_residual=True)).eval()
+    fast.load_state_dict(plain.state_dict())
+    x = _batch()
+    seen = {}
+    hooks = [m.model.layers[-1].register_forward_pre_hook(lambda mod, args, m=m: seen.__setitem__(m, args[0].dtype))
+             for m in (plain, fast)]
+    torch.testing.assert_close(fast(input_ids=x, labels=x).logits, plain(input_ids=x, labels=x).logits,
+                               rtol=0, atol=0)  # no autocast: the same model
+    losses, grads = {}, {}
+    for model in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses[model] = model(input_ids=x, labels=x).loss
+        losses[model].backward()
+        grads[model] = model.model.embed_tokens.weight.grad
+    for h in hooks:
+        h.remove()
+    assert seen[plain] == torch.float32 and seen[fast] == torch.bfloat16
+    torch.testing.assert_close(losses[fast], losses[plain], rtol=1e-2, atol=0)
+    torch.testing.assert_close(grads[fast], grads[plain], rtol=0.1, atol=2e-3)
+    assert not torch.equal(grads[fast], grads[plain])  # the stream really ran in the other dtype

@@ -130,3 +130,28 @@ def test_refuses_non_empty_output_dir(tmp_path, corpus_file, small_tokenizer_dir
     with pytest.raises(SystemExit, match="no checkpoint"):
         main(pretrain_args(corpus_file, small_tokenizer_dir, out, tmp_path / "cache", 1, "--resume"))
     assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_fused_ce_needs_a_cuda_device(tmp_path, corpus_file, small_tokenizer_dir):
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "out", tmp_path / "cache", 1,
+                           "--device", "cpu", "--fused_ce"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fused_ce_and_bf16_residual_train_like_the_plain_loop(tmp_path, corpus_file, small_tokenizer_dir):
+    """The fast pretraining switches (liger's cross-entropy, the residual stream in bf16) log the plain loop's
+    training and validation losses within bf16 rounding, step by step (2 micro-batches per step: liger scales its
+    in-place gradient by the accumulation's 1/2 in the backward)."""
+    cache = tmp_path / "cache"
+    main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "plain", cache, 8))
+    main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "fast", cache, 8,
+                       "--fused_ce", "--config_override", "autocast_residual=true"))
+    plain, fast = read_log(tmp_path / "plain"), read_log(tmp_path / "fast")
+    assert [sorted(r) for r in plain] == [sorted(r) for r in fast]
+    for a, b in zip(plain, fast):
+        for key in ("train_loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=2e-2), (a["step"], key)
+    assert fast[-1]["val_loss"] < plain[0]["train_loss"] - 0.3  # and it learns

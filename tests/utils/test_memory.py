@@ -56,6 +56,17 @@ def test_checkpointing_keeps_only_layer_inputs():
     assert off["activations"] > 4 * on["activations"]
 
 
+def test_every_n_layers_checkpoints_one_layer_in_n():
+    """transformers' selective checkpointing (every_n_layers 2: layers 0 and 2 of 4): half the layers keep their
+    inputs only, the other half all their saved tensors."""
+    def activations(**fields):
+        return _estimate(use_liger_kernel=True, **fields)["activations"]
+    every_2 = activations(activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 2})
+    all_, none = activations(), activations(activation_checkpointing=False)
+    assert every_2 == pytest.approx((all_ + none) / 2)
+    assert activations(activation_checkpointing_kwargs={"every_n_layers": 4}) == pytest.approx((3 * none + all_) / 4)
+
+
 def _saved_bytes_per_token_in_layers(model, tokens: int, device: str = "cpu") -> float:
     """Bytes of the distinct non-parameter tensors the decoder layers save for the backward, per token and layer,
     in a bf16-autocast forward (as the Trainer runs it on a GPU)."""
@@ -190,9 +201,12 @@ def test_padded_batch_is_sized_by_its_longest_sample():
     assert worst_batch_tokens([10, 90, 20, 40], 3, padding_free=True, bucket=64, max_tokens=100) == (128, 128, 1)
 
 
+EVERY_OTHER_LAYER = dict(activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 2})
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("fields", [dict(), dict(use_liger_kernel=True), dict(train_mode="full")])
+@pytest.mark.parametrize("fields", [dict(), dict(use_liger_kernel=True), dict(train_mode="full"), EVERY_OTHER_LAYER])
 def test_estimate_within_15_percent_of_measured_peak(fields):
     from utils.model import apply_peft
     from utils.trainer import PaddingFreeCollator
@@ -211,7 +225,9 @@ def test_estimate_within_15_percent_of_measured_peak(fields):
         from liger_kernel.transformers import _apply_liger_kernel_to_instance
         _apply_liger_kernel_to_instance(model=model, rope=False, rms_norm=False, swiglu=False)
     model = apply_peft(model, args)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = dict(args.activation_checkpointing_kwargs)  # as the Trainer passes them
+    every = kwargs.pop("every_n_layers", 1)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
     model.enable_input_require_grads()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     lengths = (1200, 900, 700, 500, 400, 300, 200, 100)  # 4,300 tokens: 8 samples, as a bench step
