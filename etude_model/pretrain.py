@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (faster on GPU after a warm-up)")
     g.add_argument("--fused_ce", action="store_true", help="CUDA: the training loss by liger-kernel's cross-entropy "
                    "kernel, which writes the logits' gradient over the logits in the forward (no fp32 copy, no "
-                   "second pass in the backward): less memory and a faster step; needs liger-kernel")
+                   "second pass in the backward): less memory and a faster step; needs liger-kernel. Elsewhere "
+                   "the model's own loss (the same math)")
     g.add_argument("--peak_tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s for MFU (default: %(default)s = H100 SXM bf16 dense)")
     g = p.add_argument_group("logging and checkpoints")
@@ -117,10 +118,10 @@ def make_optimizer(model, args, device_type: str) -> torch.optim.AdamW:
 def make_loss_fn(model, args, device):
     """(x, y) -> mean next-token cross-entropy of the training step: the model's own, or with --fused_ce
     liger-kernel's on the model's logits (the model returns them without a loss)."""
-    if not args.fused_ce:
+    if args.fused_ce and device.type != "cuda":
+        tqdm.write(f"--fused_ce runs a Triton kernel on CUDA: on {device} the model's own loss (the same math)")
+    if not args.fused_ce or device.type != "cuda":
         return lambda x, y: model(input_ids=x, shift_labels=y, use_cache=False).loss
-    if device.type != "cuda":
-        raise SystemExit(f"--fused_ce runs a Triton kernel: it needs a CUDA device, not {device}")
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy
     except ImportError as e:

@@ -132,10 +132,17 @@ def test_refuses_non_empty_output_dir(tmp_path, corpus_file, small_tokenizer_dir
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def test_fused_ce_needs_a_cuda_device(tmp_path, corpus_file, small_tokenizer_dir):
-    with pytest.raises(SystemExit, match="needs a CUDA device"):
-        main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "out", tmp_path / "cache", 1,
-                           "--device", "cpu", "--fused_ce"))
+def test_fused_ce_falls_back_to_the_model_loss_on_cpu(tmp_path, corpus_file, small_tokenizer_dir, capsys):
+    """--fused_ce is a CUDA kernel; on CPU the loop keeps the model's own loss: the plain run's log, exactly."""
+    cache = tmp_path / "cache"
+    main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "plain", cache, 4, "--device", "cpu"))
+    main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "fused", cache, 4, "--device", "cpu",
+                       "--fused_ce"))
+    assert "on cpu the model's own loss" in capsys.readouterr().out
+    timing = ("tokens_per_sec", "mfu")
+    logs = [[{k: v for k, v in r.items() if k not in timing} for r in read_log(tmp_path / run)]
+            for run in ("plain", "fused")]
+    assert logs[0] == logs[1] and len(logs[0]) == 5  # 4 training lines and the final validation
 
 
 @pytest.mark.gpu
