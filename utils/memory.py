@@ -6,9 +6,10 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     weights      frozen + trainable parameters in their dtype (4-bit NF4 + absmax constants for QLoRA layers)
     optimizer    AdamW's two moments per trainable parameter (same dtype; 8-bit optimizers: 1 byte each)
     gradients    one per trainable parameter, in its dtype
-    activations  with checkpointing: every layer's input; without: every layer's saved tensors. Plus the
-                 attention mask for packed or padded rows. (QLoRA: the residual stream is fp32, since peft's
-                 prepare_model_for_kbit_training keeps norms and embeddings in fp32.)
+    activations  with checkpointing: every layer's input; without: every layer's saved tensors; with
+                 transformers' every_n_layers N: the input of layers 0, N, 2N, ..., the saved tensors of the
+                 others. Plus the attention mask for packed or padded rows. (QLoRA: the residual stream is
+                 fp32, since peft's prepare_model_for_kbit_training keeps norms and embeddings in fp32.)
     loss_or_layer  the larger of two moments. At the loss: the full-vocabulary logits (bf16 logits, their fp32
                  copy, fp32 log-softmax and its gradient: LOGIT_BYTES per logit), liger's fused linear +
                  cross-entropy buffers, or chunked_loss's hidden-state gradient and one chunk of logits
