@@ -179,6 +179,21 @@ def test_memory_budget_picks_the_largest_cap_that_fits():
     assert _predicted(1536) < _predicted(2048) < budget < _predicted(2304) < _predicted(0)
 
 
+def test_memory_budget_with_every_n_layers_cuts_smaller_pieces():
+    """Under the same budget, keeping every other layer's activations (every_n_layers 2) leaves room for fewer
+    tokens per piece: the budget's cap falls, and its prediction still fits."""
+    budget = _predicted(2048) + 0.01  # 10 MB over what 2,048 tokens need with every layer checkpointed
+    every_layer = _budget_args(budget)
+    fit_micro_batch_max_tokens(every_layer, LENGTHS, config=_config())
+    assert every_layer.micro_batch_max_tokens == 2048
+    args = _budget_args(budget, activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 2})
+    line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    cap = args.micro_batch_max_tokens
+    assert 1536 <= cap < 2048 and f"micro_batch_max_tokens {cap}" in line
+    fitted = estimate_peak(meta_model(args, _config()), args, *worst_batch_tokens(LENGTHS, 8, True, 1, cap))
+    assert fitted["total"] <= budget
+
+
 def test_memory_budget_that_holds_the_whole_micro_batch_splits_nothing():
     args = _budget_args(_predicted(0) + 0.01, micro_batch_max_tokens=1024)
     assert "whole micro-batch fits" in fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
