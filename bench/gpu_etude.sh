@@ -32,6 +32,7 @@ for mb in ${ETUDE_MB:-}; do
       --block_size 1024 --batch_size $1 --grad_accum_steps $2 --max_steps $STEPS --warmup_steps 5 \
       --log_every ${LOG_EVERY:-10} --eval_every ${EVAL_EVERY:-100000} --eval_iters 1 --save_every 100000 --compile \
       --no_progress --peak_tflops ${PEAK_TFLOPS:-788} --cache_dir /tmp/etude_cache --output_dir /tmp/pt_$run \
+      --overwrite_output_dir \
       2>&1 | grep -v -i warn | tail -4
     cp /tmp/pt_$run/loss_log.jsonl "$OUT/pretrain_$run.jsonl"; tail -2 "$OUT/pretrain_$run.jsonl"
   done
