@@ -118,10 +118,13 @@ def make_optimizer(model, args, device_type: str) -> torch.optim.AdamW:
 def make_loss_fn(model, args, device):
     """(x, y) -> mean next-token cross-entropy of the training step: the model's own, or with --fused_ce
     liger-kernel's on the model's logits (the model returns them without a loss)."""
-    if args.fused_ce and device.type != "cuda":
+    def model_loss(x, y):
+        return model(input_ids=x, shift_labels=y, use_cache=False).loss
+    if not args.fused_ce:
+        return model_loss
+    if device.type != "cuda":
         tqdm.write(f"--fused_ce runs a Triton kernel on CUDA: on {device} the model's own loss (the same math)")
-    if not args.fused_ce or device.type != "cuda":
-        return lambda x, y: model(input_ids=x, shift_labels=y, use_cache=False).loss
+        return model_loss
     try:
         from liger_kernel.transformers.functional import liger_cross_entropy
     except ImportError as e:

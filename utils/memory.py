@@ -82,10 +82,6 @@ def every_n_layers(args) -> int:
     return int((getattr(args, "activation_checkpointing_kwargs", None) or {}).get("every_n_layers", 1))
 
 
-def checkpointed_layers(args, layers: int) -> int:
-    return -(-layers // every_n_layers(args)) if args.activation_checkpointing else 0
-
-
 def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
     """(frozen bytes, trainable bytes, trainable count) of a meta model. Under QLoRA the decoder's linear weights
     are NF4: half a byte per weight plus one byte per 64-weight block (double-quantized absmax constants), and
@@ -126,7 +122,8 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
-    checkpointed = checkpointed_layers(args, layers)
+    every_n = every_n_layers(args)
+    checkpointed = -(-layers // every_n) if args.activation_checkpointing else 0
     full_layer = one_layer + dora_kept  # what a layer without checkpointing keeps until its backward
     kept = checkpointed * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
     head = model.get_output_embeddings().weight
@@ -152,8 +149,8 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
     # it (not checkpointed, every_n_layers) have freed theirs, and it holds its recomputed tensors and gradients.
     moments = [dict(gradients=trainable_bytes, activations=kept, loss_or_layer=one_layer)]
     if checkpointed:
-        after = (layers - 1) - (layers - 1) // every_n_layers(args) * every_n_layers(args)
-        moments.append(dict(gradients=trainable_bytes, activations=kept - after * full_layer,
+        freed = (layers - 1) % every_n  # the layers after the last checkpointed one, (layers - 1) // n * n
+        moments.append(dict(gradients=trainable_bytes, activations=kept - freed * full_layer,
                             loss_or_layer=2 * one_layer + dora_backward))
     phase = max([at_loss, *moments], key=lambda d: sum(d.values()))
     parts = {"weights": frozen + trainable_bytes, "optimizer": optimizer, **phase}
