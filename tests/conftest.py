@@ -110,3 +110,10 @@ def train_argv(model_dir, data, out, *extra) -> list[str]:
             "--logging_steps", "1", "--save_steps", "1000", "--max_len", "64", "--report_to", "none",
             "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--lora_dropout", "0", "--train_mode", "lora",
             *extra]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct as an HF folder (tests/real_models.py); skipped when its PyPI package is absent."""
+    from tests.real_models import smollm2_folder
+    return smollm2_folder()
