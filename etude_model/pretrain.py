@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fused_ce", action="store_true", help="CUDA: the training loss by liger-kernel's cross-entropy "
                    "kernel, which writes the logits' gradient over the logits in the forward (no fp32 copy, no "
                    "second pass in the backward): less memory and a faster step; needs liger-kernel. Elsewhere "
-                   "the model's own loss (the same math)")
+                   "torch's cross-entropy (the same math). An MoE preset's load-balancing loss is added either way")
     g.add_argument("--peak_tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s for MFU (default: %(default)s = H100 SXM bf16 dense)")
     g = p.add_argument_group("logging and checkpoints")

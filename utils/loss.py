@@ -177,20 +177,21 @@ def causal_lm_loss(model, inputs: dict, labels: torch.Tensor | None = None, num_
         out = causal_lm.get_decoder()(**inputs)
         loss = chunked_causal_lm_loss(out.last_hidden_state, causal_lm.get_output_embeddings(), None, num_items,
                                       head_softcap(causal_lm.config), shift_labels=shift_labels)
-        return loss + auxiliary_loss(causal_lm.config, out)
+        return with_auxiliary_loss(loss, causal_lm.config, out)
     if backend == "liger":
         out = model(**inputs)
         cross_entropy = logits_cross_entropy(out.logits.device)
-        return cross_entropy(out.logits, shift_labels, num_items) + auxiliary_loss(model.config, out)
+        return with_auxiliary_loss(cross_entropy(out.logits, shift_labels, num_items), model.config, out)
     raise ValueError(f"loss backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def auxiliary_loss(config, output) -> torch.Tensor | float:
-    """The terms a model adds to its language-modelling loss, read from its own or its decoder's output: the MoE
-    load-balancing loss (Etude's decoder returns it as aux_loss; transformers' MoE models return it from the
-    causal-LM forward when output_router_logits is on) times router_aux_loss_coef. 0 for a model without them."""
+def with_auxiliary_loss(loss: torch.Tensor, config, output) -> torch.Tensor:
+    """The language-modelling loss plus the terms the model adds to it, read from its own or its decoder's output:
+    the MoE load-balancing loss (Etude's decoder returns it as aux_loss; transformers' MoE models return it from the
+    causal-LM forward when output_router_logits is on) times router_aux_loss_coef. The loss itself for a model
+    without them."""
     aux, coef = getattr(output, "aux_loss", None), getattr(config, "router_aux_loss_coef", 0.0)
-    return coef * aux if aux is not None and coef else 0.0
+    return loss + coef * aux if aux is not None and coef else loss
 
 
 def logits_cross_entropy(device: torch.device):

@@ -222,9 +222,9 @@ class DojoTrainer(Trainer):
         else:
             with self.accelerator.autocast():  # as the wrapped model's forward would run
                 loss = causal_lm_loss(self.accelerator.unwrap_model(model), inputs, labels, num_items, "chunked")
-        if self.args.average_tokens_across_devices and num_items is not None:
-            # as the Trainer: num_items counts the tokens of every rank, and DDP averages the ranks' gradients
-            loss = loss * (self.args.n_gpu if self.args.n_gpu > 1 else self.accelerator.num_processes)
+        ranks = self.args.n_gpu if self.args.n_gpu > 1 else self.accelerator.num_processes
+        if self.args.average_tokens_across_devices and num_items is not None and ranks > 1:
+            loss = loss * ranks  # as the Trainer: num_items counts every rank's tokens, DDP averages the gradients
         return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):

@@ -96,3 +96,20 @@ def test_pretrain_loss_keeps_etudes_load_balancing_loss(fused_ce, make_tiny_conf
     loss_fn = make_loss_fn(model, argparse.Namespace(fused_ce=fused_ce), torch.device("cpu"))
     want = loss_and_grads(model, lambda: model(input_ids=x, shift_labels=y, use_cache=False).loss)
     assert_same(loss_and_grads(model, lambda: loss_fn(x, y)), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device)")
+def test_fused_ce_kernel_keeps_etudes_load_balancing_loss_on_cuda(make_tiny_config):
+    """--fused_ce on CUDA: liger-kernel's cross-entropy on the logits plus the load-balancing term, the model's own
+    loss and gradients within the kernel's fp32 rounding."""
+    pytest.importorskip("liger_kernel")
+    model = tiny_moe(make_tiny_config).cuda().train()
+    x = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(2)).cuda()
+    y = torch.randint(4, 320, (2, 16), generator=torch.Generator().manual_seed(3)).cuda()
+    loss_fn = make_loss_fn(model, argparse.Namespace(fused_ce=True), torch.device("cuda"))
+    want = loss_and_grads(model, lambda: model(input_ids=x, shift_labels=y, use_cache=False).loss)
+    got = loss_and_grads(model, lambda: loss_fn(x, y))
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    for name, grad in want[1].items():
+        torch.testing.assert_close(got[1][name], grad, atol=1e-5, rtol=1e-3, msg=name)
