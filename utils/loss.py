@@ -155,7 +155,8 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: 
 BACKENDS = ("model", "chunked", "liger")
 
 
-def causal_lm_loss(model, inputs: dict, labels: torch.Tensor | None = None, num_items=None, backend: str = "model",
+def causal_lm_loss(model, inputs: dict, labels: torch.Tensor | None = None,
+                   num_items: torch.Tensor | int | None = None, backend: str = "model",
                    shift_labels: torch.Tensor | None = None) -> torch.Tensor:
     """The training loss of a causal LM: next-token cross-entropy by `backend`, plus every auxiliary term the model
     adds to its own loss (the MoE load-balancing loss). Every training path calls this.
@@ -174,6 +175,7 @@ def causal_lm_loss(model, inputs: dict, labels: torch.Tensor | None = None, num_
         shift_labels = next_token_labels(labels)
     if backend == "chunked":
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # past peft's wrapper
+        check_model(causal_lm.config)  # a model whose loss the decoder's output cannot give is refused
         out = causal_lm.get_decoder()(**inputs)
         loss = chunked_causal_lm_loss(out.last_hidden_state, causal_lm.get_output_embeddings(), None, num_items,
                                       head_softcap(causal_lm.config), shift_labels=shift_labels)
@@ -206,10 +208,7 @@ def logits_cross_entropy(device: torch.device):
                                                      reduction=reduction)
 
     def loss(logits, shift_labels, num_items=None):
-        if num_items is None:
-            return cross_entropy(logits.flatten(0, -2), shift_labels.flatten(), ignore_index=IGNORE_INDEX,
-                                 reduction="mean")
-        summed = cross_entropy(logits.flatten(0, -2), shift_labels.flatten(), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
-        return summed / torch.as_tensor(num_items, device=summed.device)
+        value = cross_entropy(logits.flatten(0, -2), shift_labels.flatten(), ignore_index=IGNORE_INDEX,
+                              reduction="mean" if num_items is None else "sum")
+        return value if num_items is None else value / torch.as_tensor(num_items, device=value.device)
     return loss
