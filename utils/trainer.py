@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback
 from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
-from utils.loss import check_model, chunked_causal_lm_loss, head_softcap
+from utils.loss import causal_lm_loss, check_model
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
@@ -204,20 +204,28 @@ class DojoTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits.
-        (Given a split micro-batch, this computes its whole row: training_step and prediction_step pass pieces.)"""
-        if "pieces" in inputs:
-            inputs = {k: v for k, v in inputs.items() if k != "pieces"}
-        if not self.args.chunked_loss or return_outputs or "labels" not in inputs:
+        """The loss through utils/loss.py's causal_lm_loss, the one every training path uses: the model's own
+        forward, or with chunked_loss its decoder and the chunked cross-entropy, each with the model's auxiliary
+        terms. (Given a split micro-batch, this computes its whole row: training_step and prediction_step pass
+        pieces.) The Trainer's own method keeps what the seam does not do: returning the outputs (evaluation of
+        logits), label smoothing, a user's compute_loss_func."""
+        inputs = {k: v for k, v in inputs.items() if k != "pieces"}
+        if (return_outputs or "labels" not in inputs or self.label_smoother is not None
+                or self.compute_loss_func is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        causal_lm = self.accelerator.unwrap_model(model)
-        causal_lm = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
-        inputs = dict(inputs)
         labels = inputs.pop("labels")
-        with self.accelerator.autocast():  # as the wrapped model's forward would run
-            hidden = causal_lm.get_decoder()(**inputs).last_hidden_state
-            return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch,
-                                          head_softcap(causal_lm.config))
+        # as the Trainer: a model without loss kwargs averages each micro-batch, and the Trainer then divides by the
+        # accumulation steps
+        num_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        if not self.args.chunked_loss:  # the wrapped model: DDP's forward hooks and accelerate's autocast run
+            loss = causal_lm_loss(model, inputs, labels, num_items, backend="model")
+        else:
+            with self.accelerator.autocast():  # as the wrapped model's forward would run
+                loss = causal_lm_loss(self.accelerator.unwrap_model(model), inputs, labels, num_items, "chunked")
+        ranks = self.args.n_gpu if self.args.n_gpu > 1 else self.accelerator.num_processes
+        if self.args.average_tokens_across_devices and num_items is not None and ranks > 1:
+            loss = loss * ranks  # as the Trainer: num_items counts every rank's tokens, DDP averages the gradients
+        return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """chunked_loss: the evaluation loss through utils/loss.py too, piece by piece as in training. The
