@@ -21,6 +21,7 @@ class Template:
     stop_tokens: tuple[str, ...]      # end-of-turn strings; `generate` must stop on each ("{eos}" = tokenizer eos)
     default_system: str | None = None  # injected when a conversation has no system message
     supports_system: bool = True
+    supports_tools: bool = False      # renders `tools` and assistant `tool_calls` the way the official template does
     bos_in_template: bool = False     # the template text itself begins with {{ bos_token }}
     special_tokens: tuple[str, ...] = ()  # control tokens the template writes (for tokenizers that must add them)
     options: dict = field(default_factory=dict)  # extra render variables the template reads, with their defaults
@@ -46,12 +47,12 @@ _TEMPLATES = [
         "Qwen2.5-Instruct tokenizer_config.json (Qwen1.5-Chat is the same ChatML without tools)",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), default_system="You are a helpful assistant.",
         special_tokens=("<|im_start|>", "<|im_end|>"), options={"default_system": "You are a helpful assistant."},
-        detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+        supports_tools=True, detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
     ),
     Template(
         "qwen3", "Qwen3 (hybrid thinking)", "Qwen3 tokenizer_config.json",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
-        options={"enable_thinking": True}, detect_markers=("<|im_start|>", "<think>"),
+        options={"enable_thinking": True}, supports_tools=True, detect_markers=("<|im_start|>", "<think>"),
         model_types=("qwen3", "qwen3_moe"),
     ),
     Template(
@@ -76,6 +77,9 @@ _TEMPLATES = [
         "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",), bos_in_template=True,
         detect_markers=("User: ", "Assistant:"), model_types=("deepseek_v2",),
     ),
+    # DeepSeek-V3's official template has tool branches but no usable tool rendering: it never writes the tool
+    # schemas, leaves a single call unclosed (no <｜tool▁calls▁end｜><｜end▁of▁sentence｜>, so a model would not learn to
+    # stop), and reaches its call branch only for `content: None`, a key transformers' apply_chat_template drops.
     Template(
         "deepseek3", "DeepSeek-V3, DeepSeek-R1 (and R1 distills' format)",
         "deepseek-ai/DeepSeek-V3 tokenizer_config.json", stop_tokens=("<｜end▁of▁sentence｜>",),
