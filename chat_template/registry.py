@@ -77,15 +77,17 @@ _TEMPLATES = [
         "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",), bos_in_template=True,
         detect_markers=("User: ", "Assistant:"), model_types=("deepseek_v2",),
     ),
-    # DeepSeek-V3's official template has tool branches but no usable tool rendering: it never writes the tool
-    # schemas, leaves a single call unclosed (no <｜tool▁calls▁end｜><｜end▁of▁sentence｜>, so a model would not learn to
-    # stop), and reaches its call branch only for `content: None`, a key transformers' apply_chat_template drops.
+    # No tools for deepseek3: DeepSeek-V3's and R1's official templates have tool branches but no usable tool
+    # rendering. Neither writes the tool schemas; neither resets its first-call flags, so a second round of calls
+    # loses `<｜Assistant｜><｜tool▁calls▁begin｜>`; V3 leaves a single call unclosed and reaches its call branch only for
+    # `content: None`, a key transformers' apply_chat_template drops (tests/chat_template/test_tools.py).
     Template(
         "deepseek3", "DeepSeek-V3, DeepSeek-R1 (and R1 distills' format)",
         "deepseek-ai/DeepSeek-V3 tokenizer_config.json", stop_tokens=("<｜end▁of▁sentence｜>",),
         bos_in_template=True, special_tokens=("<｜User｜>", "<｜Assistant｜>"),
         detect_markers=("<｜User｜>",), model_types=("deepseek_v3",),
     ),
+    # Meta-Llama-3-8B-Instruct's official template has no tool rendering (Llama-3.1's added one; not here)
     Template(
         "llama3", "Llama-3 / 3.1 instruct", "meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json",
         stop_tokens=("<|eot_id|>", "<|end_of_text|>"), bos_in_template=True,

@@ -74,9 +74,10 @@ def _jsonl_records(path: Path):
             if not line.strip():
                 continue
             try:
-                yield where, _parse_json(line, where)
+                record = _parse_json(line, where)
             except DataError as err:
-                yield where, err
+                record = err
+            yield where, record
 
 
 def _records(path: Path):
@@ -181,9 +182,9 @@ def _tool_calls(calls, where: str, field: str) -> list[dict]:
 
 def _tools(record: dict, where: str) -> list[dict] | None:
     """The record's function schemas as {"type": "function", "function": {...}} (a bare schema gets wrapped)."""
-    tools = _json_value(record.get("tools"), where, "tools")
-    if tools in (None, "", []):
+    if record.get("tools") in (None, ""):
         return None
+    tools = _json_value(record["tools"], where, "tools")
     if not isinstance(tools, list):
         raise DataError(f"{where}: field 'tools' must be a list of function schemas, got {type(tools).__name__}")
     wrapped = []
@@ -193,7 +194,7 @@ def _tools(record: dict, where: str) -> list[dict] | None:
             raise DataError(f"{where}: field 'tools[{i}]' must be a function schema with a 'name' (bare, or "
                             f"under 'function')")
         wrapped.append({"type": "function", **tool} if "function" in tool else {"type": "function", "function": tool})
-    return wrapped
+    return wrapped or None
 
 
 def _message(turn: dict, where: str, field: str, role: str, text_key: str, sharegpt_call: bool) -> dict:
@@ -425,6 +426,7 @@ def build_datasets(args, tokenizer, template_name: str, log=print):
     score_set = None
     if args.score_data_path:
         score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
+        check_tool_support(score_set, template_name)
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],
