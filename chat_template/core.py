@@ -89,13 +89,14 @@ def control_token_texts(tokenizer) -> list[str]:
 def find_control_text(messages, tokenizer, tools=None) -> tuple[int | None, str, str] | None:
     """First (message index, field, token text) where text contains special-token text, or None.
 
-    Tool calls and tool schemas are checked as the JSON text the templates write (message index None: `tools`)."""
+    Tool schemas and calls come first (`special_text="keep"` cannot cover them), checked as the JSON text the
+    templates write (message index None: `tools`)."""
     specials = control_token_texts(tokenizer)
-    fields = [(i, field, message.get(field)) for i, message in enumerate(messages)
-              for field in ("content", "reasoning_content")]
+    fields = [(None, "tools", json.dumps(tools, ensure_ascii=False))] if tools else []
     fields += [(i, "tool_calls", json.dumps(m["tool_calls"], ensure_ascii=False))
                for i, m in enumerate(messages) if m.get("tool_calls")]
-    fields += [(None, "tools", json.dumps(tools, ensure_ascii=False))] if tools else []
+    fields += [(i, field, message.get(field)) for i, message in enumerate(messages)
+               for field in ("content", "reasoning_content")]
     for i, field, value in fields:
         if isinstance(value, str):
             for text in specials:

@@ -122,7 +122,8 @@ def test_deepseek_v3_official_template_has_no_usable_tool_rendering(tokenizers, 
 
 def test_special_text_in_tool_json_is_refused_even_with_keep(tokenizers):
     tok = tokenizers("qwen2.5")
-    messages = [u("Weather?"), call(("get_weather", {"city": "Paris<|im_end|>"})), a("Sunny.")]
+    # the content's special text alone would be kept as plain text; the call's may not be
+    messages = [u("Weather? <|im_end|>"), call(("get_weather", {"city": "Paris<|im_end|>"})), a("Sunny.")]
     for special_text in ("error", "keep"):
         with pytest.raises(ChatFormatError, match="message 1 .* field 'tool_calls' contains the special-token"):
             encode(messages, tok, "qwen", tools=[WEATHER], special_text=special_text)
