@@ -1,12 +1,13 @@
 """Chat templates: one definition per model family, identical to the official one, with assistant-only masks.
 
-    render(messages, template_name, add_generation_prompt=False, **options) -> str
+    render(messages, template_name, add_generation_prompt=False, tools=None, **options) -> str
     encode(messages, tokenizer, template_name, ...) -> {"input_ids": [...], "labels": [...]}
     get_template(name) -> Template (stop tokens, default system, bos handling, source)
     detect(model_path_or_tokenizer) -> (name, reason)
     apply_to_tokenizer(tokenizer, name) puts our definition on `tokenizer.chat_template`
 """
-from .core import IGNORE_INDEX, ChatFormatError, control_token_texts, encode, find_control_text, render
+from .core import (IGNORE_INDEX, ChatFormatError, check_tools, control_token_texts, encode, find_control_text, render,
+                   uses_tools)
 from .detect import detect
 from .registry import TEMPLATES, Template, get_template
 
@@ -35,5 +36,6 @@ def stop_token_ids(tokenizer, template_name: str) -> list[int]:
     return ids
 
 
-__all__ = ["IGNORE_INDEX", "ChatFormatError", "TEMPLATES", "Template", "apply_to_tokenizer", "control_token_texts",
-           "detect", "encode", "find_control_text", "get_template", "render", "stop_token_ids"]
+__all__ = ["IGNORE_INDEX", "ChatFormatError", "TEMPLATES", "Template", "apply_to_tokenizer", "check_tools",
+           "control_token_texts", "detect", "encode", "find_control_text", "get_template", "render", "stop_token_ids",
+           "uses_tools"]

@@ -26,11 +26,12 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_list(args) -> int:
-    rows = [["name", "families", "stop tokens", "default system", "system", "bos in template", "source"]]
+    rows = [["name", "families", "stop tokens", "default system", "system", "tools", "bos in template", "source"]]
     for t in TEMPLATES.values():
         stops = ", ".join("<tokenizer eos>" if s == "{eos}" else s for s in t.stop_tokens)
         rows.append([t.name, t.families, stops, repr(t.default_system) if t.default_system else "-",
-                     "yes" if t.supports_system else "no (raises)", "yes" if t.bos_in_template else "no", t.source])
+                     "yes" if t.supports_system else "no (raises)", "yes" if t.supports_tools else "no",
+                     "yes" if t.bos_in_template else "no", t.source])
     print(_table(rows))
     return 0
 
@@ -94,6 +95,7 @@ def cmd_show(args) -> int:
         template_name, how = detect(args.tokenizer, tokenizer=tokenizer)
     options = {"default_system": args.default_system} if args.default_system is not None else {}
     try:
+        options["tools"] = conversation.tools
         enc = encode(conversation.messages, tokenizer, template_name, max_len=args.max_len, train_on=args.train_on,
                      special_text=args.special_text, **options)
         text = render(conversation.messages, template_name, tokenizer=tokenizer, **options)

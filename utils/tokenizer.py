@@ -45,7 +45,10 @@ def set_pad_token(tokenizer, template_name: str) -> None:
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in stops:
         return
     vocab = tokenizer.get_vocab()
-    candidates = [tokenizer.unk_token] + [t for t in vocab if "pad" in t.lower() and t.startswith("<")]
+    # get_vocab() order comes from a hash map and changes between loads: sorting by id makes the pick (and the
+    # saved pad_token_id) the same on every run
+    pad_like = sorted((t for t in vocab if "pad" in t.lower() and t.startswith("<")), key=vocab.__getitem__)
+    candidates = [tokenizer.unk_token] + pad_like
     for token in candidates:
         if token and token in vocab and vocab[token] not in stops:
             tokenizer.pad_token = token
