@@ -87,7 +87,11 @@ def _analyze(jinja: str, bos: str, eos: str, specials: tuple[str, ...]) -> OwnTe
             f"{after[:30]!r}), so a model trained on it could not learn to stop; set template_name to a family "
             f"template")
     own = OwnTemplate(jinja, method, after[:len(after) - len(stripped)] + end, bos, eos)
-    spans = render_with_spans(own, _PROBE)[1]  # raises when the template rewrites earlier turns
+    from .core import ChatFormatError
+    try:
+        spans = render_with_spans(own, _PROBE)[1]
+    except ChatFormatError as err:  # e.g. Qwen3's: only the last turn gets an (empty) <think> block
+        raise OwnTemplateError(f"on a plain two-turn conversation, {err}") from None
     if len(spans) != 2:
         raise OwnTemplateError(f"the model's chat_template marks {len(spans)} assistant spans in a conversation "
                                f"with 2 assistant messages")
