@@ -125,6 +125,12 @@ def test_detect_uses_config_model_type_for_a_model_without_template(tmp_path, to
     assert name == "qwen3" and "model_type='qwen3'" in reason
 
 
+def test_detect_gives_gemma3_for_its_model_types(tmp_path, tokenizers, swapped):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}), encoding="utf-8")
+    with swapped(tokenizers("gemma"), None) as tok:
+        assert detect(tmp_path, tokenizer=tok)[0] == "gemma3"
+
+
 def test_detect_never_swaps_a_models_own_template_for_its_model_types_family(tmp_path, tokenizers):
     """config.json says qwen3, but the folder's tokenizer carries Qwen2.5's template: that is what serves it."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}), encoding="utf-8")
