@@ -106,15 +106,17 @@ def test_smollm2_keeps_its_own_template_not_yi(smollm2, tmp_path):
 
 
 def test_smollm2_own_template_encodes_token_exact_with_loss_on_assistant_turns_only(smollm2, tmp_path):
+    from utils.tokenizer import load_tokenizer
+    served = load_tokenizer(str(smollm2))  # as transformers/vLLM load the folder: the model's own template
     tok, name, _ = build_tokenizer(args_for(smollm2, tmp_path))
     for messages in SMOLLM2_CONVERSATIONS:
         enc = chat_template.encode(messages, tok, name)
-        assert enc["input_ids"] == tok.apply_chat_template(messages, tokenize=True)["input_ids"]
+        assert enc["input_ids"] == served.apply_chat_template(messages, tokenize=True)["input_ids"]
         supervised = [t for t, label in zip(enc["input_ids"], enc["labels"]) if label != chat_template.IGNORE_INDEX]
         want = "".join(m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant")
         assert tok.decode(supervised) == want
     prompt = chat_template.encode(HI, tok, name, add_generation_prompt=True)["input_ids"]
-    assert prompt == tok.apply_chat_template(HI, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert prompt == served.apply_chat_template(HI, tokenize=True, add_generation_prompt=True)["input_ids"]
 
 
 def test_smollm2_dry_run_prints_why_it_keeps_its_own_template(smollm2, toy_data, tmp_path, capsys):
