@@ -32,10 +32,11 @@ def _from_markers(chat_template: str | None):
     return None
 
 
-def _candidates(*first):
-    """Our families, the likeliest first. Etude's ChatML is this project's own, never a model's official one."""
-    names = [n for n in first if n] + list(TEMPLATES)
-    return [n for n in dict.fromkeys(names) if n != "etude"]
+def _candidates(guess):
+    """Our families, the likeliest first. Etude's ChatML is this project's own: only an Etude model (model_type) is
+    matched against it, never a model of another family (its text equals Yi-Chat's)."""
+    names = [guess] + list(TEMPLATES) if guess else list(TEMPLATES)
+    return [n for n in dict.fromkeys(names) if n != "etude" or n == guess]
 
 
 def _from_chat_template(tokenizer, model_type: str | None) -> tuple[str, str]:
