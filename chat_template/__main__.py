@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import IGNORE_INDEX, TEMPLATES, ChatFormatError, detect, encode, render
+from . import IGNORE_INDEX, TEMPLATES, detect, encode, render
 
 OPEN, CLOSE = "[[", "]]"
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -99,7 +99,7 @@ def cmd_show(args) -> int:
         enc = encode(conversation.messages, tokenizer, template_name, max_len=args.max_len, train_on=args.train_on,
                      special_text=args.special_text, **options)
         text = render(conversation.messages, template_name, tokenizer=tokenizer, **options)
-    except ChatFormatError as err:
+    except ValueError as err:  # ChatFormatError, or an own template whose mask cannot be derived
         print(f"error: {conversation.source}: {err}", file=sys.stderr)
         return 1
     ids, labels = enc["input_ids"], enc["labels"]
@@ -141,7 +141,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="table of the templates")
     show = sub.add_parser("show", help="one sample, rendered, with its supervised tokens marked")
-    show.add_argument("--template", choices=list(TEMPLATES), help="template name (default: detect from --tokenizer)")
+    show.add_argument("--template", choices=[*TEMPLATES, "own"],
+                      help="template name, or own: the tokenizer's own chat_template (default: detect from --tokenizer)")
     show.add_argument("--tokenizer", required=True, help="tokenizer or model folder")
     show.add_argument("--data", required=True, help="data file (alpaca / messages / sharegpt, .jsonl or .json)")
     show.add_argument("--index", type=int, default=0, help="0-based sample index (default 0)")

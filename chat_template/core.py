@@ -18,6 +18,7 @@ import json
 
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from . import own
 from .registry import TEMPLATES, Template, get_template
 
 IGNORE_INDEX = -100  # the label that cross-entropy in transformers/torch skips
@@ -50,9 +51,33 @@ def check_tools(messages, tools, template_name: str) -> None:
                               f"templates that render tools: {able}")
 
 
+def _jinja_and_vars(template: Template, tokenizer, **options) -> tuple[str, dict]:
+    """Our jinja with its render variables. A tokenizer that `apply_to_tokenizer` gave our template carries the run's
+    render options (e.g. default_system) baked in as defaults: that text is rendered, so what trains is exactly what
+    is saved; options given here still win."""
+    variables = _render_vars(template, tokenizer, **options)
+    baked = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if isinstance(baked, str) and baked != template.jinja and baked.endswith(template.jinja) \
+            and baked.startswith("{%- if "):
+        for name, default in template.options.items():
+            if options.get(name) is None:
+                del variables[name]
+        return baked, variables
+    return template.jinja, variables
+
+
 def render_with_spans(messages, template_name: str, add_generation_prompt: bool = False, tools=None,
                       tokenizer=None, **options) -> tuple[str, list[tuple[int, int]]]:
     """Render one conversation; return the text and the [start, end) character spans of each assistant turn."""
+    if template_name == own.OWN:
+        if tokenizer is None:
+            raise ValueError("template 'own' is the tokenizer's own chat_template: pass tokenizer=")
+        try:
+            return own.render_with_spans(own.analyze(tokenizer), messages, add_generation_prompt, tools, **options)
+        except (own.OwnTemplateError, ChatFormatError):
+            raise
+        except Exception as err:  # jinja's raise_exception and type errors surface here
+            raise ChatFormatError(f"the model's own chat_template cannot render this conversation: {err}") from err
     template = get_template(template_name)
     if not template.supports_system and messages and messages[0].get("role") == "system":
         raise ChatFormatError(f"template {template_name!r} has no system role (the official template refuses it); "
@@ -61,11 +86,11 @@ def render_with_spans(messages, template_name: str, add_generation_prompt: bool 
     # transformers' apply_chat_template drops None-valued keys (OpenAI's `content: null` beside tool calls) before
     # rendering, and official templates are written for that: do the same, or Qwen3's `'</think>' in content` fails
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    jinja, variables = _jinja_and_vars(template, tokenizer, **options)
     try:
         texts, spans = render_jinja_template(
-            conversations=[messages], tools=tools, chat_template=template.jinja,
-            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt,
-            **_render_vars(template, tokenizer, **options),
+            conversations=[messages], tools=tools, chat_template=jinja,
+            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt, **variables,
         )
     except Exception as err:  # jinja's raise_exception and type errors surface here
         raise ChatFormatError(f"template {template_name!r} cannot render this conversation: {err}") from err

@@ -27,6 +27,9 @@ class Template:
     options: dict = field(default_factory=dict)  # extra render variables the template reads, with their defaults
     detect_markers: tuple[str, ...] = ()  # substrings of an official chat_template that identify the family
     model_types: tuple[str, ...] = ()     # config.json model_type values that identify the family
+    # Render options of each official variant of the family's template (e.g. Qwen2.5's vs Qwen1.5's default
+    # system): a model folder whose chat_template renders like one of them is that family, with those options.
+    variants: tuple[dict, ...] = ({},)
 
     @property
     def jinja(self) -> str:
@@ -48,6 +51,9 @@ _TEMPLATES = [
         stop_tokens=("<|im_end|>", "<|endoftext|>"), default_system="You are a helpful assistant.",
         special_tokens=("<|im_start|>", "<|im_end|>"), options={"default_system": "You are a helpful assistant."},
         supports_tools=True, detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+        variants=({"default_system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."},
+                  {"default_system": "You are a helpful assistant."},   # Qwen2-Instruct
+                  {"default_system": "You are a helpful assistant"}),   # Qwen1.5-Chat
     ),
     Template(
         "qwen3", "Qwen3 (hybrid thinking)", "Qwen3 tokenizer_config.json",
@@ -65,6 +71,12 @@ _TEMPLATES = [
         stop_tokens=("<end_of_turn>", "<eos>"), supports_system=False, bos_in_template=True,
         special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>",),
         model_types=("gemma", "gemma2"),
+    ),
+    Template(
+        "gemma3", "Gemma 3 (-it; text)", "google/gemma-3-*-it chat_template (tests/chat_template/golden/SOURCES.md)",
+        stop_tokens=("<end_of_turn>", "<eos>"), bos_in_template=True,
+        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>", "first_user_prefix"),
+        model_types=("gemma3", "gemma3_text"),
     ),
     Template(
         "phi3", "Phi-3, Phi-3.5 mini/medium instruct", "microsoft/Phi-3.5-mini-instruct tokenizer_config.json",

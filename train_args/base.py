@@ -30,8 +30,10 @@ class TrainArgs(TrainingArguments):
         "Tokenizer folder when it is not the model's own, e.g. a small tokenizer from etude_model.train_tokenizer "
         "for an Etude preset (the preset's vocabulary is sized to it)."))
     template_name: str | None = field(default=None, metadata=_help(
-        "Chat template (qwen, qwen3, yi, gemma, phi3, deepseek, deepseek3, llama3, etude). "
-        "Omitted: detected from the model and printed."))
+        "Chat template (qwen, qwen3, yi, gemma, gemma3, phi3, deepseek, deepseek3, llama3, etude, or own: the "
+        "model's own chat_template as it is). Omitted: the model's own chat_template is kept (one of ours when it "
+        "is one of that family's official variants); a model without one: detected from its config and vocabulary. "
+        "The choice and the reason are printed."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Run Python code shipped inside the model folder. Off: only turn it on for a model you trust."))
     torch_dtype: str = field(default="auto", metadata=_help(
@@ -39,6 +41,13 @@ class TrainArgs(TrainingArguments):
     attn_implementation: str = field(default="sdpa", metadata=_help(
         "Attention kernel: sdpa, eager, ..., or varlen (with padding_free: flash attention's variable-length kernel "
         "over the packed samples, no T x T mask; CUDA, bf16/fp16; sdpa with the same boundaries elsewhere)."))
+    template_mismatch: str = field(default="error", metadata=_help(
+        "When our template renders the probe conversations differently from the model folder's own chat_template "
+        "(the one it is served with): error (stop, showing the first difference) or ok (train with ours anyway)."))
+    train_new_tokens: bool = field(default=False, metadata=_help(
+        "Allow a template whose control tokens are missing from the tokenizer's vocabulary: they are added with "
+        "new, randomly initialised embeddings, which are then trained (full fine-tuning trains them anyway; "
+        "LoRA/QLoRA also train and save the input embeddings and output head). Off: such a template is refused."))
     # --- data ------------------------------------------------------------------------------------------------------
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"], metadata=_help(
         "Training data: one or more JSONL/JSON/parquet files or folders (alpaca, OpenAI messages or ShareGPT)."))
@@ -60,6 +69,9 @@ class TrainArgs(TrainingArguments):
         "Held-out conversations to score before and after training: greedy answer to each final user turn, "
         "exact match with the reference answer (the model must also stop). Omitted: no score."))
     score_samples: int = field(default=100, metadata=_help("How many score_data_path samples to score."))
+    default_system: str | None = field(default=None, metadata=_help(
+        "System prompt the template injects into a conversation without one (templates that have one, e.g. qwen). "
+        "Omitted: the one of the model's own chat_template (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...')."))
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
@@ -162,6 +174,8 @@ class TrainArgs(TrainingArguments):
             raise ValueError(f"train_on must be 'all' or 'last', got {self.train_on!r}")
         if self.special_text not in ("error", "keep"):
             raise ValueError(f"special_text must be 'error' or 'keep', got {self.special_text!r}")
+        if self.template_mismatch not in ("error", "ok"):
+            raise ValueError(f"template_mismatch must be 'error' or 'ok', got {self.template_mismatch!r}")
         if self.invalid_records not in ("error", "skip"):
             raise ValueError(f"invalid_records must be 'error' or 'skip', got {self.invalid_records!r}")
         if self.attn_implementation == "varlen" and not self.padding_free:

@@ -54,7 +54,8 @@ def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
     tokenizer.save_pretrained(out)
     build_generation_config(trainer.model, tokenizer, template_name).save_pretrained(out)
     with open(out / "dojo_run.json", "w", encoding="utf-8") as f:
-        json.dump({"template_name": template_name, "train_mode": args.train_mode,
+        json.dump({"template_name": template_name, "template": chat_template.describe(tokenizer, template_name),
+                   "train_mode": args.train_mode,
                    "base_model": args.model_name_or_path, "stage": "sft",
                    "base_fingerprint": base_fingerprint(args.model_name_or_path)}, f, indent=2)
 
