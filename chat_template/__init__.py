@@ -10,7 +10,7 @@
 """
 from . import own
 from .core import (IGNORE_INDEX, ChatFormatError, check_tools, control_token_texts, encode, find_control_text,
-                   render, uses_tools)
+                   render, supports_tools, uses_tools)
 from .detect import detect
 from .own import OWN, OwnTemplateError
 from .registry import TEMPLATES, Template, get_template
@@ -62,4 +62,4 @@ def describe(tokenizer, template_name: str) -> dict:
 
 __all__ = ["IGNORE_INDEX", "OWN", "ChatFormatError", "OwnTemplateError", "TEMPLATES", "Template",
            "apply_to_tokenizer", "check_tools", "control_token_texts", "describe", "detect", "encode", "find_control_text",
-           "get_template", "render", "stop_token_ids", "uses_tools"]
+           "get_template", "render", "stop_token_ids", "supports_tools", "uses_tools"]

@@ -42,9 +42,18 @@ def uses_tools(messages, tools=None) -> bool:
     return bool(tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
 
 
-def check_tools(messages, tools, template_name: str) -> None:
+def supports_tools(template_name: str, tokenizer=None) -> bool:
+    """Whether a template renders tool schemas and calls: a registry fact for our families; for the model's own
+    template, whether its text reads `tools` and `tool_calls` at all (one that does not would drop them)."""
+    if template_name == own.OWN:
+        jinja = own.own_jinja(tokenizer) if tokenizer is not None else None
+        return bool(jinja) and "tool_calls" in jinja and "tools" in jinja.replace("tool_calls", "")
+    return get_template(template_name).supports_tools
+
+
+def check_tools(messages, tools, template_name: str, tokenizer=None) -> None:
     """Refuse tool data for a template whose official text has no tool rendering (it would drop or garble it)."""
-    if uses_tools(messages, tools) and not get_template(template_name).supports_tools:
+    if uses_tools(messages, tools) and not supports_tools(template_name, tokenizer):
         able = ", ".join(name for name, t in TEMPLATES.items() if t.supports_tools)
         raise ChatFormatError(f"this conversation has tool schemas, tool calls or tool results, but template "
                               f"{template_name!r} has no tool rendering (its official template has none); "
@@ -199,7 +208,7 @@ def encode(messages, tokenizer, template_name: str, add_generation_prompt: bool 
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     if special_text not in ("error", "keep"):
         raise ValueError(f"special_text must be 'error' or 'keep', got {special_text!r}")
-    check_tools(messages, tools, template_name)
+    check_tools(messages, tools, template_name, tokenizer)
     specials = control_token_texts(tokenizer)
     hit = find_control_text(messages, tokenizer, tools)
     originals = []

@@ -334,11 +334,11 @@ class EncodeSummary:
         return text
 
 
-def check_tool_support(conversations: list[Conversation], template_name: str) -> None:
+def check_tool_support(conversations: list[Conversation], template_name: str, tokenizer) -> None:
     """Tool data on a template without tool rendering is a setup error, not a bad record: never skipped."""
     for c in conversations:
         try:
-            chat_template.check_tools(c.messages, c.tools, template_name)
+            chat_template.check_tools(c.messages, c.tools, template_name, tokenizer)
         except chat_template.ChatFormatError as err:
             raise DataError(f"{c.source}: {err}") from None
 
@@ -352,7 +352,7 @@ def encode_conversations(conversations: list[Conversation], tokenizer, template_
     and its error appended to `skipped`."""
     import datasets
 
-    check_tool_support(conversations, template_name)
+    check_tool_support(conversations, template_name, tokenizer)
 
     def encode_row(row):
         try:
@@ -426,7 +426,7 @@ def build_datasets(args, tokenizer, template_name: str, log=print):
     score_set = None
     if args.score_data_path:
         score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
-        check_tool_support(score_set, template_name)
+        check_tool_support(score_set, template_name, tokenizer)
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],

@@ -134,3 +134,24 @@ def test_own_template_needs_a_template(tokenizers, swapped):
     with swapped(tokenizers("yi"), None) as tok:
         with pytest.raises(OwnTemplateError, match="has no chat_template"):
             own.analyze(tok)
+
+
+TOOL_CALL = [u("Weather in Paris?"),
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+             {"role": "tool", "content": "sunny"}, a("It is sunny.")]
+
+
+def test_own_template_without_tool_rendering_refuses_tool_data(smollm2):
+    """SmolLM2's own template reads no tool_calls: it would render an empty assistant turn, so tool data is refused."""
+    from utils.tokenizer import load_tokenizer as load_model_tokenizer
+    tok = load_model_tokenizer(str(smollm2))
+    with pytest.raises(ChatFormatError, match="no tool rendering"):
+        encode(TOOL_CALL, tok, own.OWN)
+
+
+def test_own_template_with_tool_rendering_accepts_tool_data(outside):
+    """Llama-3.2's own template renders tool calls: the data passes the tool check (rendered by the template)."""
+    tok = outside("meta-llama-Llama-3.2-3B-Instruct.jinja")
+    from chat_template import supports_tools
+    assert supports_tools(own.OWN, tok)
