@@ -34,6 +34,19 @@ def score(model, tokenizer, template_name, conversations, when: str):
     return accuracy
 
 
+def train(trainer, plan) -> None:
+    """Train from scratch or from the plan's checkpoint; a checkpoint at the last step is only loaded (a run stopped
+    during its final save), since the Trainer would train one step past max_steps from it."""
+    if plan.final_save_only:
+        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
+        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
+        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
+        return
+    if plan.checkpoint:
+        log(f"resuming run {plan.run_id} from {plan.checkpoint}")
+    trainer.train(resume_from_checkpoint=plan.checkpoint)
+
+
 def main(argv=None):
     """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained."""
     args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
@@ -78,14 +91,7 @@ def main(argv=None):
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args),
                             callbacks=[RunIdentity(plan.run_id)])
     reset_measured_peak()
-    if plan.final_save_only:  # stopped during its final save: that save is all that is left
-        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
-        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
-        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
-    else:
-        if plan.checkpoint:
-            log(f"resuming run {plan.run_id} from {plan.checkpoint}")
-        trainer.train(resume_from_checkpoint=plan.checkpoint)
+    train(trainer, plan)
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step

@@ -15,7 +15,7 @@ BAD_VALUES = {
     "lora_rank_0": (["--lora_rank", "0"], "lora_rank: must be >= 1"),
     "lora_rank_negative": (["--lora_rank", "-1"], "lora_rank: must be >= 1"),
     "lora_dropout": (["--lora_dropout", "1.5"], "lora_dropout: must be in [0, 1)"),
-    "learning_rate": (["--learning_rate", "-1e-4"], "learning_rate: must be > 0"),
+    "learning_rate": (["--learning_rate", "-0.0001"], "learning_rate: must be > 0"),
     "batch_size": (["--per_device_train_batch_size", "0"], "per_device_train_batch_size: must be >= 1"),
     "torch_dtype": (["--torch_dtype", "float64"], "torch_dtype: must be one of auto, bfloat16, float16, float32"),
     "target_module": (["--lora_target_modules", "q_proj", "q_prj"],

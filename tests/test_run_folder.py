@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 import main_train
 from tests.conftest import train_argv
-from utils.config import ConfigError, parse_args
 from utils.run_folder import RUN_RECORD, checkpoint_run_id, checkpoint_state, last_checkpoint, read_record
 from utils.trainer import NonFiniteLossError
 
@@ -129,29 +128,32 @@ def test_a_failed_checkpoint_write_is_an_error_and_keeps_the_last_checkpoint(fin
     """A save that cannot write (here: a file where the checkpoint folder goes, which blocks root as well as a
     full disk would) ends in an `error:` line, exit 1, and the last complete checkpoint unchanged."""
     out = copy_run(finished_run, tmp_path / "o")
-    (out / "checkpoint-5").write_text("in the way")
+    (out / "checkpoint-6").write_text("in the way")
     kept = {p.name: p.read_bytes() for p in (out / "checkpoint-4").iterdir()}
     code = main_train.cli(train_argv(tiny_model("qwen"), finished_run[1], out, "--template_name", "qwen",
-                                     "--max_steps", "6", "--save_steps", "1", "--resume_from_checkpoint", "true"))
+                                     "--max_steps", "6", "--resume_from_checkpoint", "true"))
     err = capsys.readouterr().err
-    assert code == 1 and "error: could not write checkpoint-5" in err
+    assert code == 1 and "error: could not write checkpoint-6" in err
     assert f"The last complete checkpoint, {out / 'checkpoint-4'}, is intact" in err
     assert {p.name: p.read_bytes() for p in (out / "checkpoint-4").iterdir()} == kept
     assert last_checkpoint(out) == str(out / "checkpoint-4")
 
 
-def test_unwritable_output_dir_is_refused_before_anything_is_written(tmp_path, toy_data, tiny_model):
+def test_output_dir_under_a_file_is_an_error_before_anything_is_written(tmp_path, toy_data, tiny_model, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match=f"output_dir: {blocker} is a file"):
-        parse_args(train_argv(tiny_model("qwen"), toy_data, blocker / "o"), check_files=True)
+    assert main_train.cli(train_argv(tiny_model("qwen"), toy_data, blocker / "o")) == 2
+    assert f"error: output_dir: {blocker} is a file" in capsys.readouterr().err
+
+
+def test_read_only_output_dir_is_an_error_before_anything_is_written(tmp_path, toy_data, tiny_model, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
         if os.access(locked, os.W_OK):
-            pytest.skip("running as root: a read-only mode does not stop writes (the file case above covers it)")
-        with pytest.raises(ConfigError, match=f"output_dir: {locked} is not writable"):
-            parse_args(train_argv(tiny_model("qwen"), toy_data, locked / "o"), check_files=True)
+            pytest.skip("running as root: a read-only mode does not stop writes (the file case covers it)")
+        assert main_train.cli(train_argv(tiny_model("qwen"), toy_data, locked / "o")) == 2
+        assert f"error: output_dir: {locked} is not writable" in capsys.readouterr().err
     finally:
         locked.chmod(0o755)
