@@ -111,7 +111,7 @@ def main(argv=None):
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
             + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
                else args.output_dir))
-        mark_finished(args.output_dir, trainer.state.global_step)  # last: a run stopped before this resumes
+        mark_finished(args.output_dir, plan, trainer.state.global_step)  # last: a run stopped before this resumes
     return trainer
 
 

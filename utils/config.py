@@ -143,14 +143,20 @@ def source_problems(field: str, value: str, marker_files: tuple[str, ...]) -> li
     if path.exists() or value.startswith((".", "/", "~")) or value.count("/") > 1:
         return [f"{field}: no folder {value}"]
     from huggingface_hub import constants, model_info, try_to_load_from_cache
-    from huggingface_hub.errors import RepositoryNotFoundError
-    if isinstance(try_to_load_from_cache(value, marker_files[0]), str):
-        return []
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    try:
+        if isinstance(try_to_load_from_cache(value, marker_files[0]), str):
+            return []
+    except HFValidationError:  # not a hub id either
+        return [f"{field}: no folder {value}"]
     local = f"no folder {value}, and as a hub id it"
     if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         return [f"{field}: {local} cannot be downloaded offline (HF_HUB_OFFLINE): set --{field} to a local folder"]
     try:  # one short request instead of the loaders' retries, which take a minute to fail without a network
         model_info(value, timeout=10)
+    except GatedRepoError:
+        return [f"{field}: {local} is gated: accept its terms on the hub and log in (hf auth login), or set "
+                f"--{field} to a local folder"]
     except RepositoryNotFoundError:
         return [f"{field}: {local} names no model on the hub"]
     except Exception as err:  # no network, gated model, ...: the loader would fail the same way, later

@@ -225,9 +225,9 @@ def claim_output_dir(args, plan: RunPlan) -> str | None:
     return moved
 
 
-def mark_finished(output_dir, step: int) -> None:
+def mark_finished(output_dir, plan: RunPlan, step: int) -> None:
     """Record that the run wrote its final outputs (rank 0, after everything else)."""
-    record = read_record(output_dir)
+    record = read_record(output_dir) or {"run_id": plan.run_id, "adopted": plan.adopted}
     record["finished_step"] = step
     _write_json(Path(output_dir) / RUN_RECORD, record)
 
