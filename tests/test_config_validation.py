@@ -50,8 +50,12 @@ def test_every_bad_field_is_reported_at_once(tiny_model, toy_data, tmp_path, cap
     assert not (tmp_path / "o").exists()
 
 
-def test_readme_dry_run_offline_names_the_fields_to_set(capsys):
+def test_readme_dry_run_offline_names_the_fields_to_set(capsys, tmp_path, monkeypatch):
     """README's first command, offline: the ready config's model is a hub id and its data a placeholder."""
+    from huggingface_hub import try_to_load_from_cache
+    if try_to_load_from_cache("Qwen/Qwen2.5-0.5B-Instruct", "config.json"):
+        pytest.skip("Qwen2.5-0.5B-Instruct is in this machine's hub cache")
+    monkeypatch.chdir(tmp_path)  # where no data/my_sft.jsonl was made
     assert main_train.cli(["qwen_lora", "--dry_run", "true"]) == 2
     err = capsys.readouterr().err
     assert "error: model_name_or_path: no folder Qwen/Qwen2.5-0.5B-Instruct, and as a hub id it cannot be " \
