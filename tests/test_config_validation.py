@@ -25,7 +25,8 @@ BAD_VALUES = {
                            "loraplus_lr_ratio: must be > 0, with train_mode lora or qlora"),
     "lora_alpha": (["--lora_alpha", "0"], "lora_alpha: must be > 0"),
     "num_train_epochs": (["--num_train_epochs", "-1", "--max_steps", "-1"], "num_train_epochs: must be > 0"),
-    "gradient_accumulation_steps": (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps: must be >= 1"),
+    "gradient_accumulation_steps": (["--gradient_accumulation_steps", "0"],
+                                    "gradient_accumulation_steps: must be >= 1"),
     "max_len": (["--max_len", "-5"], "max_len: must be >= 1"),
 }
 
