@@ -178,7 +178,7 @@ class TrainArgs(TrainingArguments):
             self.activation_checkpointing_kwargs = {"preserve_rng_state": False, **kwargs}
         if self.cuda_graphs and (self.accelerator_config is None or isinstance(self.accelerator_config, dict)):
             # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
-            # with the queued step, so the host prepares the next batch while the GPU sits idle.
+            # with the queued step, so the host would collate the next batch while the GPU sits idle.
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
         super().__post_init__()
 
