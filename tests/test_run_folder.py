@@ -123,6 +123,21 @@ def test_nan_is_never_saved_in_a_checkpoint(tiny_model, toy_data, tmp_path):
             assert all(torch.isfinite(t).all() for t in load_file(folder / "model.safetensors").values())
 
 
+def test_a_nan_loss_since_the_last_save_blocks_the_next_save(tmp_path):
+    """The per-step flag alone (finite weights here): a NaN loss of any micro-batch stops the next save."""
+    from tests.conftest import tiny_qwen2
+    from train_args.base import TrainArgs
+    from utils.trainer import DojoTrainer
+    args = TrainArgs(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_steps=1)
+    trainer = DojoTrainer(model=tiny_qwen2(), args=args)
+    trainer.check_finite("checkpoint-1")
+    trainer._note_loss(torch.tensor(2.0))
+    trainer._note_loss(torch.tensor(float("nan")))
+    trainer._note_loss(torch.tensor(1.0))
+    with pytest.raises(NonFiniteLossError, match="a training loss became NaN/inf .* checkpoint-2 was not saved"):
+        trainer.check_finite("checkpoint-2")
+
+
 def test_a_failed_checkpoint_write_is_an_error_and_keeps_the_last_checkpoint(finished_run, tiny_model, tmp_path,
                                                                            capsys):
     """A save that cannot write (here: a file where the checkpoint folder goes, which blocks root as well as a
