@@ -21,8 +21,8 @@ from peft import PeftConfig, PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from utils.model import DTYPES
+from utils.run_folder import check_output_dir
 from utils.save import base_fingerprint
-from utils.trainer import check_output_dir
 
 # max |merged - adapter| logits, relative to the logits' scale, by dtype of the merge
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -20,8 +18,6 @@ from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
 from utils.loss import causal_lm_loss, check_model
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
 
 
 class DataCollator:
@@ -107,6 +103,10 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a read-only folder): the run stops, earlier checkpoints stay."""
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN/inf loss means the weights are already ruined: stop loudly instead of logging an average."""
 
@@ -116,46 +116,6 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 raise NonFiniteLossError(
                     f"{key} is {logs[key]} at step {state.global_step}. Lower learning_rate, check the data, or use "
                     f"bf16 instead of fp16; the last good checkpoint in {args.output_dir} is kept.")
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    return (path / COMPLETE_MARK).is_file()
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """Newest checkpoint that was written to the end; a checkpoint cut short by a crash is skipped."""
-    found = []
-    for p in Path(output_dir).glob("checkpoint-*"):
-        m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and is_complete_checkpoint(p):
-            found.append((int(m.group(1)), p))
-    return str(max(found)[1]) if found else None
-
-
-def resolve_resume(args) -> str | None:
-    """`--resume_from_checkpoint true` means the newest complete checkpoint in output_dir."""
-    value = args.resume_from_checkpoint
-    if value in (None, "", "false", "False", False):
-        return None
-    if str(value).lower() == "true":
-        path = last_checkpoint(args.output_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint true: no complete checkpoint in {args.output_dir}")
-        return path
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder")
-    if not is_complete_checkpoint(Path(value)):
-        raise ValueError(f"--resume_from_checkpoint {value}: incomplete checkpoint (no {COMPLETE_MARK}); a crash "
-                         "cut its save short. Resume from an earlier one, or use true for the newest complete one.")
-    return value
-
-
-def check_output_dir(args) -> None:
-    """Refuse to write into a non-empty output_dir unless told to: a run must never clobber earlier results."""
-    out = Path(args.output_dir)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        raise FileExistsError(f"output_dir {out} is not empty. Choose another output_dir, resume with "
-                              "--resume_from_checkpoint true, or pass --overwrite_output_dir to reuse it.")
 
 
 PADDING_FREE_MODEL_TYPES = ("qwen2", "qwen3", "llama", "gemma", "gemma2", "phi3", "mistral", "qwen2_moe")
@@ -246,11 +206,71 @@ class DojoTrainer(Trainer):
         whole micro-batch's loss and gradient."""
         pieces = inputs.get("pieces")
         if pieces is None:
-            return self._forward_backward(model, inputs, num_items_in_batch)
+            return self._note_loss(self._forward_backward(model, inputs, num_items_in_batch))
         if num_items_in_batch is None:  # each piece would be averaged on its own: the sum would be wrong
             raise ValueError("micro_batch_max_tokens needs the Trainer's num_items_in_batch (labels in every batch, "
                              "a model whose loss takes num_items_in_batch)")
-        return sum(self._forward_backward(model, piece, num_items_in_batch) for piece in pieces)
+        return self._note_loss(sum(self._forward_backward(model, piece, num_items_in_batch) for piece in pieces))
+
+    # --- no checkpoint of a broken run ----------------------------------------------------------------------------
+    # Every micro-batch's loss is checked on the device (a flag, no host sync, so the CUDA-graph path keeps its
+    # pace); the flag is read before every save, and at logging steps the Trainer's averaged loss is checked by
+    # StopOnNonFiniteLoss. Before a save the trained weights are checked too: an overflow in the last backward
+    # leaves a finite loss but NaN weights.
+    _nonfinite = None
+    _checked_step = 0
+
+    def _note_loss(self, loss):
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        return loss
+
+    def check_finite(self, what: str) -> None:
+        """Raise NonFiniteLossError instead of saving `what`. Every rank saves, so every rank calls this and the
+        verdict is gathered: all ranks stop together."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        device = params[0].device if params else self.args.device
+        bad = torch.zeros(2, device=device)
+        if self._nonfinite is not None:
+            bad[0] = self._nonfinite.to(device).float()
+        if params and self._weights_are_local():
+            bad[1] = (~torch.stack([torch.isfinite(torch.linalg.vector_norm(p.detach())) for p in params])).any()
+        if self.args.world_size > 1:
+            bad = self.accelerator.gather(bad).view(-1, 2).amax(0)
+        loss_bad, weights_bad = bad.tolist()
+        if loss_bad or weights_bad:
+            found = "a training loss" if loss_bad else "the trained weights"
+            raise NonFiniteLossError(
+                f"{found} became NaN/inf between step {self._checked_step} and step {self.state.global_step}; "
+                f"{what} was not saved. Lower learning_rate, check the data, or use bf16 instead of fp16; the last "
+                f"good checkpoint in {self.args.output_dir} is kept.")
+        self._nonfinite, self._checked_step = None, self.state.global_step
+
+    def _weights_are_local(self) -> bool:
+        """FSDP and DeepSpeed hold shards: their parameters here are not the weights."""
+        from accelerate.utils import DistributedType
+        return self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                     DistributedType.MULTI_GPU)
+
+    def _save_checkpoint(self, model, trial):
+        """Only finite checkpoints; a failed write (full disk, read-only folder) ends in CheckpointSaveError that
+        names the last complete checkpoint, which the Trainer's write-then-rotate order leaves intact."""
+        from safetensors import SafetensorError
+        from utils.run_folder import last_checkpoint
+        self.check_finite(f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
+            raise CheckpointSaveError(
+                f"could not write checkpoint-{self.state.global_step} in {self.args.output_dir} "
+                f"({type(err).__name__}: {err}). The last complete checkpoint, "
+                f"{last_checkpoint(self.args.output_dir) or 'none yet'}, is intact: free space or fix permissions, "
+                "then resume with --resume_from_checkpoint true.") from err
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not _internal_call:  # the final save (a checkpoint's was checked in _save_checkpoint)
+            self.check_finite("the final model")
+        super().save_model(output_dir, _internal_call)
 
     def _forward_backward(self, model, inputs, num_items_in_batch):
         """cuda_graphs: forward + backward by CUDA graph replay (utils/cuda_graphs.py); else the Trainer's step."""
