@@ -82,7 +82,8 @@ class TrainArgs(TrainingArguments):
     score_data_path: list[str] | None = field(default=None, metadata=_help(
         "Held-out conversations to score before and after training: greedy answer to each final user turn, "
         "exact match with the reference answer (the model must also stop). Omitted: no score."))
-    score_samples: int = field(default=100, metadata=_help("How many score_data_path samples to score."))
+    score_samples: int = field(default=100, metadata=_help(
+        "How many score_data_path samples to score (0: none, the score is skipped)."))
     default_system: str | None = field(default=None, metadata=_help(
         "System prompt the template injects into a conversation without one (templates that have one, e.g. qwen). "
         "Omitted: the one of the model's own chat_template (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...')."))
@@ -222,7 +223,7 @@ FIELD_RULES = (
     ("torch_dtype", lambda a: a.torch_dtype in TORCH_DTYPES, f"must be one of {', '.join(TORCH_DTYPES)}"),
     ("max_len", lambda a: a.max_len >= 1, "must be >= 1 (tokens per sample)"),
     ("eval_ratio", lambda a: 0.0 <= a.eval_ratio < 1.0, "must be in [0, 1)"),
-    ("score_samples", lambda a: a.score_samples >= 1, "must be >= 1"),
+    ("score_samples", lambda a: a.score_samples >= 0, "must be >= 0 (0 skips the score)"),
     ("train_on", lambda a: a.train_on in ("all", "last"), "must be all or last"),
     ("special_text", lambda a: a.special_text in ("error", "keep"), "must be error or keep"),
     ("invalid_records", lambda a: a.invalid_records in ("error", "skip"), "must be error or skip"),
