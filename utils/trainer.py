@@ -19,6 +19,7 @@ from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
 from utils.loss import check_model, chunked_causal_lm_loss, head_softcap
+from utils.progress import ProgressFile
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
@@ -271,7 +272,7 @@ def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,
-        optimizers=(optimizer, None), callbacks=[StopOnNonFiniteLoss(), *callbacks],
+        optimizers=(optimizer, None), callbacks=[StopOnNonFiniteLoss(), ProgressFile(), *callbacks],
     )
 
 
