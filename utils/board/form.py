@@ -45,7 +45,8 @@ def presets() -> list[str]:
 
 def kind(f: dataclasses.Field) -> str:
     """checkbox, tristate (bool | None: auto/true/false), choice, list or text."""
-    annotation = str(f.type)
+    # a string under `from __future__ import annotations`, the type itself once HfArgumentParser has resolved it
+    annotation = "bool" if f.type is bool else str(f.type)
     if f.name in CHOICES:
         return "choice"
     if annotation == "bool":

@@ -18,7 +18,8 @@ def table(output_root, running_dir=None):
     rows = []
     for run in runs.list_runs(output_root):
         row = runs.summary(output_root, run, running=running_dir is not None and Path(running_dir) == run.resolve())
-        rows.append([row[c] for c in COLUMNS])
+        row["run"] = str(run.relative_to(output_root))
+        rows.append([round(v, 4) if isinstance(v, float) else v for v in (row[c] for c in COLUMNS)])
     return rows
 
 
@@ -38,8 +39,13 @@ def build(output_root, train_tab):
         run = train_tab.run
         return Path(run.output_dir).resolve() if run is not None and run.running else None
 
+    shown_start = {"run": None}  # the board's latest started run, selected once when the tab is next refreshed
+
     def refresh(run_a, run_b):
         choices = [str(p) for p in runs.list_runs(output_root)]
+        started = train_tab.run.output_dir if train_tab.run is not None else None
+        if started in choices and started != shown_start["run"]:
+            run_a, shown_start["run"] = started, started
         run_a = run_a if run_a in choices else (choices[0] if choices else None)
         run_b = run_b if run_b in choices else None
         return (table(output_root, running_dir()), gr.update(choices=choices, value=run_a),
@@ -48,7 +54,7 @@ def build(output_root, train_tab):
     gr.Markdown(f"Every run folder under `{output_root}`: status, final metrics, held-out exact match before and "
                 "after training (runs started from this board), the config, and loss curves (two runs overlaid).")
     refresh_button = gr.Button("Refresh", elem_id="runs-refresh")
-    listing = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, elem_id="runs-table")
+    listing = gr.Dataframe(headers=COLUMNS, interactive=False, elem_id="runs-table")
     with gr.Row():
         run_a = gr.Dropdown([], label="run", elem_id="runs-a")
         run_b = gr.Dropdown([], label="overlay another run (optional)", elem_id="runs-b")

@@ -123,6 +123,11 @@ def test_five_step_run_from_the_train_tab_finishes_and_its_curve_is_in_the_runs_
 
     page.tab("Runs")
     page.until(lambda: "from_board" in page.el("runs-table").text, "the run is listed")
+    page.until(lambda: page.el("runs-a", "input").get_attribute("value") == str(out), "the new run is selected")
     page.until(lambda: page.driver.find_elements("css selector", "#runs-curve img"), "its loss curve is shown")
     assert "finished" in page.el("runs-table").text
+    from selenium.webdriver.common.keys import Keys
+    page.type("runs-b", "etude_default")  # overlay the fixture's run
+    page.el("runs-b", "input").send_keys(Keys.ENTER)
+    page.until(lambda: "etude_default" in page.el("runs-b", "input").get_attribute("value"), "a second run picked")
     page.screenshot("runs")
