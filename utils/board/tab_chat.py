@@ -11,6 +11,9 @@ REMOTE_CODE_WARNING = ("**Warning:** trust_remote_code runs Python code shipped 
                        "for a folder whose code you trust.")
 
 
+EMPTY_ANSWER = "*(empty: the model ended its turn at once)*"  # shown only; the history keeps the real answer
+
+
 class ChatTab:
     def __init__(self, output_root):
         self.output_root = output_root
@@ -40,15 +43,16 @@ class ChatTab:
                 text, count = chat.render(messages)
                 prompts[side] = f"{count} tokens, template {chat.template_name}:\n{text}" if show_prompt else ""
                 statuses[side] = f"generating with {chat.folder} …"
+                answer = ""
                 for answer, stopped in chat_model.stream_answer(chat, messages, float(temperature), float(top_p),
                                                                 int(max_new_tokens)):
-                    shown[side][-1]["content"] = answer
+                    shown[side][-1]["content"] = answer or ("…" if stopped is None else EMPTY_ANSWER)
                     statuses[side] = stopped or statuses[side]
                     yield self._outputs(shown, statuses, prompts, histories)
+                histories[side] = turns + [{"role": "assistant", "content": answer}]
             except (OSError, ValueError, RuntimeError) as err:
                 statuses[side] = f"error: {err}"
-                shown[side] = turns
-            histories[side] = [m for m in shown[side]]
+                shown[side] = list(turns)
         yield self._outputs(shown, statuses, prompts, histories)
 
     @staticmethod

@@ -42,12 +42,30 @@ def page(board, browser, tmp_path):
             return wait.until(lambda d: condition(), message=message)
 
         @staticmethod
-        def screenshot(name):
+        def screenshot(name, scroll_to=None):
+            if scroll_to:
+                browser.execute_script("arguments[0].scrollIntoView()", Page.el(scroll_to))
             folder = Path(os.environ.get("DOJO_BOARD_SCREENSHOTS") or tmp_path)
             folder.mkdir(parents=True, exist_ok=True)
             browser.save_screenshot(str(folder / f"{name}.png"))
+            if os.environ.get("DOJO_BOARD_SCREENSHOTS"):  # for the README: smaller
+                from PIL import Image
+                image = Image.open(folder / f"{name}.png")
+                image.thumbnail((900, 900))
+                image.convert("P", palette=Image.Palette.ADAPTIVE).save(folder / f"{name}.png", optimize=True)
 
     return Page
+
+
+def test_page_fetches_nothing_beyond_the_local_server(page, board):
+    """Offline: no CDN, no fonts, no analytics; every request the page made went to the board itself."""
+    import json
+    url, _ = board
+    page.tab("Data")
+    requests = [json.loads(entry["message"])["message"] for entry in page.driver.get_log("performance")]
+    urls = {m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"}
+    web = {u for u in urls if u.startswith(("http:", "https:", "ws:", "wss:"))}  # not the browser's chrome:// pages
+    assert url in web and {u for u in web if not u.startswith(url)} == set()
 
 
 def test_chat_tab_streams_the_default_runs_answer_and_stops(page, etude_run):
@@ -63,7 +81,8 @@ def test_chat_tab_streams_the_default_runs_answer_and_stops(page, etude_run):
     prompt = page.el("chat-prompt-a", "textarea").get_attribute("value")
     assert "template etude" in prompt and "last: apple river" in prompt
     assert "<|im_start|>assistant" in prompt  # the exact rendered prompt, generation prompt included
-    assert "last: apple river" in page.el("chat-a").text
+    answer = page.driver.find_elements("css selector", "#chat-a .bot-row, #chat-a .assistant-row")
+    assert "last: apple river" in page.el("chat-a").text and answer and answer[-1].text.strip()
     page.screenshot("chat")
 
 
@@ -76,7 +95,7 @@ def test_data_tab_highlights_the_supervised_answer_of_a_known_sample(page):
     assert highlighted == ["bridge mountain stone<|im_end|>"]
     assert "reverse: stone mountain bridge" in page.el("data-sample").text
     assert "0 truncated" in page.el("data-summary").text
-    page.screenshot("data")
+    page.screenshot("data", scroll_to="data-summary")
 
 
 def test_data_tab_shows_main_trains_file_line_error(page, tmp_path):
@@ -100,7 +119,7 @@ def test_bad_field_shows_its_error_and_starts_nothing(page, board, output_root):
     assert "argument --max_len" in status and "invalid int value: 'sixty-four'" in status and "Nothing was started" in status
     assert sorted(p.name for p in output_root.iterdir()) == before
     assert page.el("train-command", "textarea").get_attribute("value") == ""
-    page.screenshot("train-error")
+    page.screenshot("train-error", scroll_to="train-start")
 
 
 def test_five_step_run_from_the_train_tab_finishes_and_its_curve_is_in_the_runs_tab(page, output_root):
@@ -118,7 +137,7 @@ def test_five_step_run_from_the_train_tab_finishes_and_its_curve_is_in_the_runs_
     page.until(lambda: "finished" in page.el("train-progress").text, "the run finishes")
     assert "step 5 / 5" in page.el("train-progress").text
     page.until(lambda: page.driver.find_elements("css selector", "#train-curve img"), "the loss curve is drawn")
-    page.screenshot("train")
+    page.screenshot("train", scroll_to="train-command")
     assert (out / "log_history.json").is_file()
 
     page.tab("Runs")
@@ -130,4 +149,6 @@ def test_five_step_run_from_the_train_tab_finishes_and_its_curve_is_in_the_runs_
     page.type("runs-b", "etude_default")  # overlay the fixture's run
     page.el("runs-b", "input").send_keys(Keys.ENTER)
     page.until(lambda: "etude_default" in page.el("runs-b", "input").get_attribute("value"), "a second run picked")
+    page.until(lambda: "processing" not in page.el("runs-curve").text and page.el("runs-curve", "img"),
+               "both curves drawn")
     page.screenshot("runs")
