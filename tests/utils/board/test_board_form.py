@@ -89,3 +89,31 @@ def test_stop_ends_the_run_with_a_complete_resumable_checkpoint(tmp_path):
     checkpoint = last_checkpoint(str(out))  # complete: trainer_state.json written last
     assert checkpoint is not None and int(checkpoint.rsplit("-", 1)[1]) < 500
     assert run.state().startswith("stopped")
+
+
+def test_python_m_utils_board_serves_the_page_on_localhost_and_prints_its_address(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import REPO
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**__import__("os").environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "-m", "utils.board", "--port", str(port), "--output_root",
+                             str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
+    try:
+        lines = []
+        for line in proc.stdout:  # the address line comes once the server listens
+            lines.append(line)
+            if line.startswith("Dojo board: "):
+                break
+        assert lines and lines[-1].startswith(f"Dojo board: http://127.0.0.1:{port}"), "".join(lines)[-3000:]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and "Dojo board" in page.read().decode()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
