@@ -22,9 +22,9 @@ class ProgressFile(TrainerCallback):
         self.start = self.last_write = None
 
     def _write(self, args, state, **values) -> None:
+        self.last_write = time.time()  # on every rank: on_step_end compares with it
         if not state.is_world_process_zero:
             return
-        self.last_write = time.time()
         line = {"step": state.global_step, "max_steps": state.max_steps,
                 "elapsed_s": round(self.last_write - self.start, 3), **values}
         with open(Path(args.output_dir) / PROGRESS_FILE, "a", encoding="utf-8") as f:
