@@ -29,12 +29,12 @@ def main(argv=None):
     args = parse_args(argv)
     output_root = Path(args.output_root).resolve()
     os.chdir(REPO)  # the form's relative paths (data/skills/..., output/...) mean what they mean to main_train.py
-    from utils.board.app import THEME, build_app
+    from utils.board.app import build_app
     app = build_app(output_root)
     auth = ("dojo", args.password) if args.password else None
     app.queue()
-    _, local_url, _ = app.launch(server_name=args.host, server_port=args.port, auth=auth, theme=THEME,
-                                 prevent_thread_lock=True, quiet=True, share=False)
+    _, local_url, _ = app.launch(server_name=args.host, server_port=args.port, auth=auth, prevent_thread_lock=True,
+                                 quiet=True, share=False)
     print(f"Dojo board: {local_url} (output root {output_root}; Ctrl+C stops)", flush=True)
     try:
         app.block_thread()

@@ -9,10 +9,6 @@ import gradio as gr  # noqa: E402
 
 from utils.board import tab_chat, tab_data, tab_runs, tab_train  # noqa: E402
 
-# system fonts: gradio's default theme loads its fonts from Google Fonts, which a closed network cannot reach
-THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                          font_mono=["ui-monospace", "Consolas", "monospace"])
-
 
 def build_app(output_root) -> gr.Blocks:
     with gr.Blocks(title="Dojo board") as app:

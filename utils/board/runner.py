@@ -114,7 +114,8 @@ class TrainRun:
 
     def _write_record(self) -> None:
         record = {"argv": self.argv, "command": command_line(self.argv), "output_dir": self.output_dir,
-                  "log": str(self.log_path), "pid": self.proc.pid, "returncode": self.proc.returncode}
+                  "log": str(self.log_path), "pid": self.proc.pid, "returncode": self.proc.returncode,
+                  "stop_requested": self.stop_requested}
         self.record_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
 
     def _read(self) -> None:
@@ -139,6 +140,7 @@ class TrainRun:
         if not self.running:
             return "the run has already ended"
         self.stop_requested = True
+        self._write_record()
         self.proc.send_signal(signal.SIGTERM)
         return "stopping: the Trainer saves a checkpoint at the current step, then the run ends"
 
@@ -149,5 +151,7 @@ class TrainRun:
         if self.running:
             return "stopping" if self.stop_requested else "running"
         code = self.proc.returncode
-        return "finished" if code == 0 and not self.stop_requested else (
-            "stopped (exit 0): resume with --resume_from_checkpoint true" if code == 0 else f"failed (exit {code})")
+        if self.stop_requested:  # SIGTERM before the Trainer's handler is set ends the process at once
+            return "stopped: resume with --resume_from_checkpoint true" if code == 0 else \
+                f"stopped before training began (exit {code})"
+        return "finished" if code == 0 else f"failed (exit {code})"

@@ -83,6 +83,8 @@ def status(run_dir, record: dict | None, running: bool) -> str:
     run_dir = Path(run_dir)
     if running:
         return "running"
+    if record and record.get("stop_requested"):
+        return "stopped from the board (resumable: --resume_from_checkpoint true)"
     if (run_dir / "log_history.json").is_file():
         return "finished"
     if record and record.get("returncode") not in (None, 0):

@@ -49,11 +49,11 @@ def etude_run(output_root) -> Path:
 @pytest.fixture(scope="session")
 def board(output_root, etude_run):
     """(url, app): the board over the output root, served by gradio on 127.0.0.1."""
-    from utils.board.app import THEME, build_app
+    from utils.board.app import build_app
     app = build_app(output_root)
     app.queue()
     port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, theme=THEME)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/", app
     app.close()
 

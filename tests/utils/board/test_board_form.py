@@ -88,7 +88,9 @@ def test_stop_ends_the_run_with_a_complete_resumable_checkpoint(tmp_path):
     assert run.proc.returncode == 0, run.log_text()[-3000:]
     checkpoint = last_checkpoint(str(out))  # complete: trainer_state.json written last
     assert checkpoint is not None and int(checkpoint.rsplit("-", 1)[1]) < 500
-    assert run.state().startswith("stopped")
+    assert run.state().startswith("stopped: resume")
+    from utils.board.runs import summary
+    assert summary(tmp_path / "root", out)["status"].startswith("stopped from the board (resumable")
 
 
 def test_python_m_utils_board_serves_the_page_on_localhost_and_prints_its_address(tmp_path):
