@@ -49,6 +49,8 @@ class TrainTab:
         if self.run is not None and self.run.running:
             return "", "**a run is in progress**: stop it or wait for it to end before starting another"
         try:
+            if preset not in form.presets():  # a path here would be a Python file that config loading runs
+                raise BoardError(f"preset {preset!r} is not a ready config of train_args/")
             fields = {**form.changed_fields(preset, list(values)), **parse_extra(extra or "")}
             argv = build_argv(preset, fields)
             args = validate(argv)

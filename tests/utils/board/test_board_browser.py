@@ -72,12 +72,15 @@ def test_chat_tab_streams_the_default_runs_answer_and_stops(page, etude_run):
     page.tab("Chat")
     page.until(lambda: etude_run.name in page.el("chat-folder-a", "input").get_attribute("value"),
                "the trained run is listed and picked for side A")
+    page.type("chat-folder-b", str(etude_run))  # the same model on side B: both answer the same prompt
     page.el("chat-show-prompt", "input").click()
     page.type("chat-message", "last: apple river")
     page.el("chat-send").click()
     status = page.until(lambda: "stopped at" in page.el("chat-status-a").text and page.el("chat-status-a").text,
                         "the answer ends and says why")
     assert "new tokens" in status
+    page.until(lambda: "stopped at" in page.el("chat-status-b").text, "side B answers the same prompt and ends")
+    assert page.el("chat-status-b").text == status  # same model, greedy: the same answer
     prompt = page.el("chat-prompt-a", "textarea").get_attribute("value")
     assert "template etude" in prompt and "last: apple river" in prompt
     assert "<|im_start|>assistant" in prompt  # the exact rendered prompt, generation prompt included

@@ -59,6 +59,16 @@ def test_validation_gives_the_cli_errors_before_anything_is_written(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_train_tab_starts_only_ready_configs_never_a_file_path(tmp_path):
+    from utils.board.tab_train import TrainTab
+    script = tmp_path / "evil.py"
+    script.write_text(f"open({str(tmp_path / 'ran')!r}, 'w').write('ran')\n")
+    tab = TrainTab(tmp_path / "root")
+    command, status = tab.start(str(script), "", *form.preset_values("default"))
+    assert command == "" and "is not a ready config" in status and "Nothing was started" in status
+    assert tab.run is None and not (tmp_path / "ran").exists()
+
+
 def test_board_refuses_another_host_without_a_password():
     from utils.board.__main__ import parse_args
     assert parse_args([]).host == "127.0.0.1"
