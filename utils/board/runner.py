@@ -82,7 +82,8 @@ def validate(argv: list[str]):
             if paths:
                 load_conversations(paths, args.invalid_records)
     except SystemExit:  # argparse: a bad value or an unknown flag; its message went to stderr
-        raise BoardError(stderr.getvalue().strip().splitlines()[-1].removeprefix("main_train.py: error: ")) from None
+        message = (stderr.getvalue().strip().splitlines() or ["invalid arguments"])[-1]
+        raise BoardError(message.removeprefix("main_train.py: error: ")) from None
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         raise BoardError(str(err)) from None
     return args

@@ -15,7 +15,8 @@ REMOTE_CODE_WARNING = ("**Warning:** trust_remote_code runs Python code shipped 
 
 
 def _input(f, value):
-    k, common = form.kind(f), dict(label=f.name, info=f.metadata.get("help", ""), value=value, elem_id=f"field-{f.name}")
+    k = form.kind(f)
+    common = dict(label=f.name, info=f.metadata.get("help", ""), value=value, elem_id=f"field-{f.name}")
     if k == "checkbox":
         return gr.Checkbox(**common)
     if k == "tristate":

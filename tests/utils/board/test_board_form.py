@@ -83,7 +83,8 @@ def test_stop_ends_the_run_with_a_complete_resumable_checkpoint(tmp_path):
     from utils.trainer import last_checkpoint
     out = tmp_path / "o"
     argv = build_argv("default", {"output_dir": str(out), "max_steps": "500", "per_device_train_batch_size": "4",
-                                  "score_samples": "0", "eval_steps": "1000", "save_steps": "1000", "per_device_eval_batch_size": "64",
+                                  "score_samples": "0", "eval_steps": "1000", "save_steps": "1000",
+                                  "per_device_eval_batch_size": "64",
                                   "report_to": "none", "disable_tqdm": "true"})
     validate(argv)
     run = TrainRun(argv, str(out), tmp_path / "root")
