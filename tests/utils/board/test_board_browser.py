@@ -11,7 +11,7 @@ TIMEOUT = 150  # seconds for a page action that trains or loads a model (2 share
 
 
 @pytest.fixture
-def page(board, browser, tmp_path):
+def page(browser, board, tmp_path):
     """The board opened afresh; page.screenshot(name) keeps what the user saw."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
