@@ -71,13 +71,15 @@ def validate(argv: list[str]):
     """Run main_train's checks on argv, in this process; the TrainArgs, or BoardError with the CLI's message."""
     from utils.config import parse_args
     from utils.data import load_conversations
-    from utils.trainer import check_output_dir, resolve_resume
+    from utils.run_folder import plan_run, refuse_foreign
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            args = parse_args(argv[1:])
-        check_output_dir(args)  # the board runs from the repository root, as main_train.py does (__main__.py)
-        resolve_resume(args)
+            args = parse_args(argv[1:], check_files=True)
+        plan = plan_run(args)  # the board runs from the repository root, as main_train.py does (__main__.py)
+        if plan.finished:
+            raise BoardError(f"run {plan.run_id} in {args.output_dir} already finished: nothing to train")
+        refuse_foreign(args, plan)
         for paths in (args.train_data_path, args.eval_data_path, args.score_data_path):
             if paths:
                 load_conversations(paths, args.invalid_records)

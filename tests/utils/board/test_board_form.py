@@ -50,7 +50,7 @@ def test_validation_gives_the_cli_errors_before_anything_is_written(tmp_path):
         validate(build_argv("default", {"max_len": "x", "output_dir": str(tmp_path / "o")}))
     with pytest.raises(BoardError, match=f"{bad}:1: field 'output' is missing"):
         validate(build_argv("default", {"train_data_path": [str(bad)], "output_dir": str(tmp_path / "o")}))
-    with pytest.raises(BoardError, match="use_dora needs train_mode lora"):
+    with pytest.raises(BoardError, match="use_dora: needs train_mode lora"):
         validate(build_argv("default", {"use_dora": "true", "output_dir": str(tmp_path / "o")}))
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
@@ -80,7 +80,7 @@ def test_board_refuses_another_host_without_a_password():
 def test_stop_ends_the_run_with_a_complete_resumable_checkpoint(tmp_path):
     """Stop sends SIGTERM; with enable_jit_checkpoint the Trainer saves the step it is in and training ends."""
     from utils.progress import read_progress
-    from utils.trainer import last_checkpoint
+    from utils.run_folder import last_checkpoint
     out = tmp_path / "o"
     argv = build_argv("default", {"output_dir": str(out), "max_steps": "500", "per_device_train_batch_size": "4",
                                   "score_samples": "0", "eval_steps": "1000", "save_steps": "1000",
