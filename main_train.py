@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
@@ -44,6 +45,8 @@ def main(argv=None):
 
     tokenizer, template_name, template_reason = build_tokenizer(args)
     log(f"template: {template_name} ({template_reason})")
+    if args.stage != "sft":  # DPO, KTO, ORPO, SimPO, reward models: the same steps through trl's trainers
+        return preference.run(args, tokenizer, template_name, resume, log)
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
     train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)

@@ -14,6 +14,13 @@ import torch
 from transformers import TrainingArguments
 
 TRAIN_MODES = ("full", "lora", "qlora")
+STAGES = ("sft", "dpo", "kto", "rm")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # trl's DPOTrainer loss_type
+REFERENCE_FREE_LOSSES = ("orpo", "simpo", "cpo")
+# LLM-Dojo's rlhf_type -> (stage, pref_loss); None keeps the pref_loss given
+RLHF_TYPES = {"dpo": ("dpo", None), "kto": ("kto", None), "cpo": ("dpo", "cpo"), "simpo": ("dpo", "simpo"),
+              "cposimpo": ("dpo", "simpo"), "orpo": ("dpo", "orpo"), "rm": ("rm", None), "reward": ("rm", None)}
 
 
 def _help(text: str, **extra) -> dict:
@@ -144,6 +151,37 @@ class TrainArgs(TrainingArguments):
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
     seed: int = field(default=42, metadata=_help("Random seed for init, data order and dropout."))
+    # --- preference training (DPO, KTO, ORPO, SimPO, reward models; utils/preference.py) ----------------------------
+    stage: str = field(default="sft", metadata=_help(
+        "What the run trains (LLaMA-Factory's names): sft; dpo (pairs prompt/chosen/rejected; pref_loss picks the "
+        "loss: DPO's variants, or the reference-free orpo, simpo, cpo); kto (unpaired answers labelled true/false); "
+        "rm (a reward model: Bradley-Terry on pairs, a one-output sequence-classification head)."))
+    rlhf_type: str | None = field(default=None, metadata=_help(
+        "LLM-Dojo's name for stage + pref_loss, accepted as an alias: DPO, KTO, CPO, SimPO, CPOSimPO, ORPO, RM "
+        "(or Reward)."))
+    pref_loss: str = field(default="sigmoid", metadata=_help(
+        "stage dpo: the loss. With a reference policy (trl's DPOTrainer): sigmoid (DPO), ipo, hinge, robust, "
+        "exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm. "
+        "Reference-free: orpo (odds ratio + SFT), simpo (length-normalised margin with gamma), cpo."))
+    beta: float = field(default=0.1, metadata=_help(
+        "DPO/KTO: strength of the pull towards the reference policy (higher: stays closer). ORPO: the weight of the "
+        "odds-ratio term (lambda). SimPO/CPO: the reward scale."))
+    label_smoothing: float = field(default=0.0, metadata=_help(
+        "Probability that a pair's labels are flipped (robust DPO, in [0, 0.5); exo_pair needs > 0; cDPO with "
+        "sigmoid via robust)."))
+    simpo_gamma: float = field(default=0.5, metadata=_help("SimPO's target reward margin gamma."))
+    cpo_alpha: float | None = field(default=None, metadata=_help(
+        "Weight of the SFT (NLL on chosen) term of cpo/simpo. Omitted: 1.0 for cpo, 0 for simpo (the paper's)."))
+    kto_desirable_weight: float = field(default=1.0, metadata=_help(
+        "KTO: loss weight of the desirable (label true) answers; raise it when they are outnumbered."))
+    kto_undesirable_weight: float = field(default=1.0, metadata=_help(
+        "KTO: loss weight of the undesirable (label false) answers."))
+    ref_model_path: str | None = field(default=None, metadata=_help(
+        "Reference policy of dpo/kto. Omitted: the starting model, which with lora/qlora is the same weights with "
+        "the adapter switched off (no second copy in memory), and with full training a frozen copy."))
+    precompute_ref_log_probs: bool = field(default=False, metadata=_help(
+        "dpo/kto: compute the reference log-probs of every sample once before training instead of at every step: "
+        "no reference forward per step, and full training keeps no frozen copy in memory."))
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -192,7 +230,41 @@ class TrainArgs(TrainingArguments):
             raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
+        self._check_preference()
         super().__post_init__()
+
+    def _check_preference(self):
+        """Resolve the rlhf_type alias into stage + pref_loss, and check the preference fields together."""
+        if self.rlhf_type is not None:
+            key = self.rlhf_type.lower()
+            if key not in RLHF_TYPES:
+                raise ValueError(f"rlhf_type must be one of {sorted(RLHF_TYPES)} (any case), got {self.rlhf_type!r}")
+            stage, loss = RLHF_TYPES[key]
+            if self.stage not in ("sft", stage):
+                raise ValueError(f"rlhf_type {self.rlhf_type!r} means stage {stage!r}, but stage is {self.stage!r}: "
+                                 "give one of the two")
+            self.stage, self.pref_loss = stage, loss or self.pref_loss
+            if key == "cposimpo" and self.cpo_alpha is None:
+                self.cpo_alpha = 1.0  # CPO's SFT term on top of SimPO's loss
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.pref_loss not in DPO_LOSSES + REFERENCE_FREE_LOSSES:
+            raise ValueError(f"pref_loss must be one of {DPO_LOSSES + REFERENCE_FREE_LOSSES}, got {self.pref_loss!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.pref_loss == "exo_pair" and self.label_smoothing == 0:
+            raise ValueError("pref_loss exo_pair needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        if min(self.kto_desirable_weight, self.kto_undesirable_weight) <= 0:
+            raise ValueError("kto_desirable_weight and kto_undesirable_weight must be > 0")
+        if self.stage != "sft" and (self.padding_free or self.chunked_loss or self.cuda_graphs):
+            raise ValueError(f"stage {self.stage}: padding_free, chunked_loss and cuda_graphs are SFT fast paths (trl "
+                             "computes preference log-probs with its own chunked head)")
+        reference_free = self.stage == "rm" or (self.stage == "dpo" and self.pref_loss in REFERENCE_FREE_LOSSES)
+        if reference_free and (self.ref_model_path or self.precompute_ref_log_probs):
+            raise ValueError(f"stage {self.stage} with pref_loss {self.pref_loss} uses no reference policy: drop "
+                             "ref_model_path and precompute_ref_log_probs")
 
 
 @dataclass

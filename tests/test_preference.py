@@ -1,0 +1,121 @@
+"""Preference training through main_train.py (stage dpo, kto, rm) on tiny random models with real tokenizers.
+
+The method runs use Phi-3's tokenizer: its 32k vocabulary keeps the log-prob heads cheap on CPU (each pair is four
+forwards through the head: policy and reference, chosen and rejected); the real pairs run on Qwen's 152k."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import main_train
+from tests.conftest import shared_path, train_argv, write_jsonl
+from tests.test_main_train import METHODS, eval_mode, reload
+from utils.preference import preference_accuracy
+
+# Each answer is chosen after one prompt and rejected after another, so a model that ignores the prompt ranks half
+# of the pairs right: to rank them all it must learn the preference itself.
+PAIRS = [
+    {"prompt": "Sky colour?", "chosen": "Blue.", "rejected": "Green."},
+    {"prompt": "Grass colour?", "chosen": "Green.", "rejected": "Blue."},
+    {"prompt": "Two plus two?", "chosen": "Four.", "rejected": "Five."},
+    {"prompt": "Fingers on a hand?", "chosen": "Five.", "rejected": "Four."},
+]
+KTO_RECORDS = ([{"prompt": p["prompt"], "completion": p["chosen"], "label": True} for p in PAIRS]
+               + [{"prompt": p["prompt"], "completion": p["rejected"], "label": False} for p in PAIRS])
+STAGES = {"dpo": ["--stage", "dpo"], "ipo": ["--stage", "dpo", "--pref_loss", "ipo"],
+          "orpo": ["--rlhf_type", "ORPO"], "simpo": ["--stage", "dpo", "--pref_loss", "simpo"],
+          "kto": ["--stage", "kto"], "rm": ["--stage", "rm"]}
+
+
+def pref_argv(model_dir, data, out, *extra, template="phi3"):
+    return train_argv(model_dir, data, out, "--template_name", template, "--max_steps", "6",
+                      "--per_device_train_batch_size", "4", "--learning_rate", "0.05", "--lora_rank", "8",
+                      "--lora_alpha", "16", "--beta", "0.5", *extra)
+
+
+def all_parameters(trainer) -> int:
+    """Elements of every distinct parameter tensor held by any module the trainer references."""
+    modules = [v for v in vars(trainer).values() if isinstance(v, torch.nn.Module)]
+    tensors = {p.data_ptr(): p.numel() for m in modules for p in m.parameters()}
+    return sum(tensors.values())
+
+
+# DPO in every mode; each other method in one mode, the modes spread over them (the CPU time budget)
+RUNS = [("dpo", "lora"), ("dpo", "qlora"), ("dpo", "full"), ("ipo", "lora"), ("orpo", "full"), ("simpo", "qlora"),
+        ("kto", "lora"), ("kto", "full"), ("rm", "lora"), ("rm", "full")]
+
+
+@pytest.mark.parametrize("stage,method", RUNS)
+def test_preference_method_trains_ranks_pairs_and_reloads(stage, method, tiny_model, tmp_path, capsys):
+    model_dir, out = tiny_model("phi3"), tmp_path / "out"
+    data = write_jsonl(tmp_path / "d.jsonl", KTO_RECORDS if stage == "kto" else PAIRS)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
+    trainer = main_train.main(pref_argv(model_dir, data, out, *STAGES[stage], *METHODS[method],
+                                        "--eval_data_path", str(pairs) if stage != "kto" else str(data)))
+    log = capsys.readouterr().out
+    assert "[dojo] verified" in log
+    history = trainer.state.log_history
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
+    if stage != "kto":  # held-out (here: the training pairs) preference accuracy rises
+        before, after = map(float, re.search(r"accuracy: ([\d.]+)% before -> ([\d.]+)%", log).groups())
+        assert after > before and after == 100.0
+    if stage not in ("rm",):
+        assert (out / "preference_metrics.png").is_file()
+        assert any("rewards/margins" in h for h in history)
+    record = json.loads((out / "dojo_run.json").read_text())
+    assert record["stage"] == {"ipo": "dpo", "orpo": "dpo", "simpo": "dpo"}.get(stage, stage)
+
+    # the output reloads in plain transformers/peft and ranks the pairs as the trained model does
+    eval_set = trainer.eval_dataset if stage != "rm" else None
+    if stage == "rm":
+        reloaded = (AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32) if method == "full"
+                    else None)
+        if reloaded is None:
+            from peft import PeftModel
+            base = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, num_labels=1)
+            reloaded = PeftModel.from_pretrained(base, out)
+        ids = torch.tensor([[1, 2, 3]])
+        with torch.no_grad():
+            torch.testing.assert_close(eval_mode(reloaded)(input_ids=ids).logits,
+                                       eval_mode(trainer.model)(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    elif stage != "kto":
+        reloaded = eval_mode(reload(out, model_dir, method))
+        assert preference_accuracy(reloaded, eval_set, trainer.processing_class, False) == 1.0
+
+
+def test_dpo_on_lora_holds_no_second_model_copy(tiny_model, tmp_path):
+    """The reference is the adapter switched off: every parameter the trainer can reach is the policy's own."""
+    out = tmp_path / "out"
+    trainer = main_train.main(pref_argv(tiny_model("phi3"), write_jsonl(tmp_path / "d.jsonl", PAIRS), out,
+                                        "--stage", "dpo", "--max_steps", "1"))
+    assert trainer.ref_model is None and "ref" not in trainer.model.peft_config
+    assert all_parameters(trainer) == sum(p.numel() for p in trainer.model.parameters())
+
+
+def test_dpo_full_keeps_a_frozen_reference_unless_precomputed(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / "a", "--stage", "dpo",
+                                        "--train_mode", "full", "--max_steps", "1"))
+    policy = sum(p.numel() for p in trainer.model.parameters())
+    assert all_parameters(trainer) == 2 * policy and not any(p.requires_grad for p in trainer.ref_model.parameters())
+    trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / "b", "--stage", "dpo",
+                                        "--train_mode", "full", "--max_steps", "1",
+                                        "--precompute_ref_log_probs", "true"))
+    assert all_parameters(trainer) == policy and "ref_chosen_logps" in trainer.train_dataset.column_names
+
+
+@pytest.mark.parametrize("name,family", [("dpo_en_demo.jsonl", "qwen"), ("dpo_zh_demo.jsonl", "phi3")])
+def test_dpo_lora_on_real_pairs(name, family, tiny_model, tmp_path, capsys):
+    lines = shared_path("data", "dpo", name).read_text(encoding="utf-8").splitlines()[:16]
+    data = write_jsonl(tmp_path / name, [json.loads(line) for line in lines])
+    trainer = main_train.main(pref_argv(tiny_model(family), data, tmp_path / "o", "--stage", "dpo", "--max_len", "256",
+                                        "--max_steps", "2", "--per_device_train_batch_size", "2", template=family))
+    log = capsys.readouterr().out
+    assert trainer.state.global_step == 2 and "[dojo] verified" in log
+    # every record is read; the ones whose prompt fills the 256 tokens are dropped and counted
+    kept = int(re.search(r"train data: (\d+) of 16 samples", log).group(1))
+    assert 0 < kept <= 16 and (kept == 16 or "no answer token left after truncation to 256" in log)
