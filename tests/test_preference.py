@@ -9,12 +9,12 @@ import re
 
 import pytest
 import torch
+from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 import main_train
 from tests.conftest import shared_path, train_argv, write_jsonl
 from tests.test_main_train import METHODS, eval_mode, reload
-from utils.preference import preference_accuracy
 
 # Each answer is chosen after one prompt and rejected after another, so a model that ignores the prompt ranks half
 # of the pairs right: to rank them all it must learn the preference itself.
@@ -24,11 +24,11 @@ PAIRS = [
     {"prompt": "Two plus two?", "chosen": "Four.", "rejected": "Five."},
     {"prompt": "Fingers on a hand?", "chosen": "Five.", "rejected": "Four."},
 ]
-KTO_RECORDS = ([{"prompt": p["prompt"], "completion": p["chosen"], "label": True} for p in PAIRS]
-               + [{"prompt": p["prompt"], "completion": p["rejected"], "label": False} for p in PAIRS])
-STAGES = {"dpo": ["--stage", "dpo"], "ipo": ["--stage", "dpo", "--pref_loss", "ipo"],
-          "orpo": ["--rlhf_type", "ORPO"], "simpo": ["--stage", "dpo", "--pref_loss", "simpo"],
-          "kto": ["--stage", "kto"], "rm": ["--stage", "rm"]}
+KTO_RECORDS = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+               for p in PAIRS for side in ("chosen", "rejected")]
+STAGES = {"dpo": ["--stage", "dpo"],
+          "orpo": ["--rlhf_type", "ORPO", "--beta", "2"], "simpo": ["--stage", "dpo", "--pref_loss", "simpo", "--beta", "2"],
+          "kto": ["--stage", "kto"], "rm": ["--stage", "rm", "--max_steps", "16", "--learning_rate", "0.01"]}
 
 
 def pref_argv(model_dir, data, out, *extra, template="phi3"):
@@ -45,7 +45,7 @@ def all_parameters(trainer) -> int:
 
 
 # DPO in every mode; each other method in one mode, the modes spread over them (the CPU time budget)
-RUNS = [("dpo", "lora"), ("dpo", "qlora"), ("dpo", "full"), ("ipo", "lora"), ("orpo", "full"), ("simpo", "qlora"),
+RUNS = [("dpo", "lora"), ("dpo", "qlora"), ("dpo", "full"), ("orpo", "lora"), ("simpo", "qlora"),
         ("kto", "lora"), ("kto", "full"), ("rm", "lora"), ("rm", "full")]
 
 
@@ -62,29 +62,36 @@ def test_preference_method_trains_ranks_pairs_and_reloads(stage, method, tiny_mo
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
     if stage != "kto":  # held-out (here: the training pairs) preference accuracy rises
         before, after = map(float, re.search(r"accuracy: ([\d.]+)% before -> ([\d.]+)%", log).groups())
-        assert after > before and after == 100.0
+        assert after > before and (after == 100.0 or stage == "rm")
     if stage not in ("rm",):
         assert (out / "preference_metrics.png").is_file()
-        assert any("rewards/margins" in h for h in history)
+        margins = [h["rewards/margins"] for h in history if "rewards/margins" in h and "loss" in h]
+        assert margins[-1] > max(margins[0], 0)  # the policy moved towards chosen, away from rejected
     record = json.loads((out / "dojo_run.json").read_text())
-    assert record["stage"] == {"ipo": "dpo", "orpo": "dpo", "simpo": "dpo"}.get(stage, stage)
+    assert record["stage"] == {"orpo": "dpo", "simpo": "dpo"}.get(stage, stage)
 
-    # the output reloads in plain transformers/peft and ranks the pairs as the trained model does
-    eval_set = trainer.eval_dataset if stage != "rm" else None
+    # the output reloads in plain transformers/peft and computes what the trained model computes
     if stage == "rm":
-        reloaded = (AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32) if method == "full"
-                    else None)
-        if reloaded is None:
-            from peft import PeftModel
+        if method == "full":
+            reloaded = AutoModelForSequenceClassification.from_pretrained(out, dtype=torch.float32)
+        else:
             base = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, num_labels=1)
             reloaded = PeftModel.from_pretrained(base, out)
-        ids = torch.tensor([[1, 2, 3]])
-        with torch.no_grad():
-            torch.testing.assert_close(eval_mode(reloaded)(input_ids=ids).logits,
-                                       eval_mode(trainer.model)(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
-    elif stage != "kto":
-        reloaded = eval_mode(reload(out, model_dir, method))
-        assert preference_accuracy(reloaded, eval_set, trainer.processing_class, False) == 1.0
+    else:
+        reloaded = reload(out, model_dir, method)
+    ids = torch.tensor([trainer.processing_class("Sky colour? Blue.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(eval_mode(reloaded)(input_ids=ids).logits,
+                                   eval_mode(trainer.model)(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss,first_loss", [("ipo", 1 / (4 * 0.5 ** 2)), ("hinge", 1.0)])
+def test_pref_loss_picks_trl_dpo_loss(loss, first_loss, tiny_model, tmp_path):
+    """At the first step the policy is the reference (log-ratios 0): each loss has its own known value there."""
+    trainer = main_train.main(pref_argv(tiny_model("phi3"), write_jsonl(tmp_path / "d.jsonl", PAIRS), tmp_path / "o",
+                                        "--stage", "dpo", "--pref_loss", loss, "--max_steps", "1"))
+    assert trainer.loss_types == [loss]
+    assert trainer.state.log_history[0]["loss"] == pytest.approx(first_loss, abs=1e-4)
 
 
 def test_dpo_on_lora_holds_no_second_model_copy(tiny_model, tmp_path):
@@ -108,7 +115,7 @@ def test_dpo_full_keeps_a_frozen_reference_unless_precomputed(tiny_model, tmp_pa
     assert all_parameters(trainer) == policy and "ref_chosen_logps" in trainer.train_dataset.column_names
 
 
-@pytest.mark.parametrize("name,family", [("dpo_en_demo.jsonl", "qwen"), ("dpo_zh_demo.jsonl", "phi3")])
+@pytest.mark.parametrize("name,family", [("dpo_en_demo.jsonl", "phi3"), ("dpo_zh_demo.jsonl", "phi3")])
 def test_dpo_lora_on_real_pairs(name, family, tiny_model, tmp_path, capsys):
     lines = shared_path("data", "dpo", name).read_text(encoding="utf-8").splitlines()[:16]
     data = write_jsonl(tmp_path / name, [json.loads(line) for line in lines])

@@ -63,7 +63,7 @@ def legacy_pair_row(feature, model=None) -> dict:
 def trl_config(args, config_cls, **values):
     """trl's config for the trainer: every TrainingArguments field from our TrainArgs, plus the method's values."""
     common = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
-    return config_cls(**common, **values)
+    return config_cls(**{**common, **values})
 
 
 def trainer_and_config(args):
@@ -87,7 +87,8 @@ def trainer_and_config(args):
                                           label_smoothing=args.label_smoothing, **reference)
     if args.stage == "kto":
         return DojoKTOTrainer, trl_config(args, KTOConfig, desirable_weight=args.kto_desirable_weight,
-                                          undesirable_weight=args.kto_undesirable_weight, **reference)
+                                          undesirable_weight=args.kto_undesirable_weight,
+                                          train_sampling_strategy="sequential", **reference)  # trl's KL pairing
     return RewardTrainer, trl_config(args, RewardConfig, max_length=None)
 
 
@@ -99,7 +100,8 @@ def reward_row(feature) -> dict:
 def build_reward_model(args, vocab_size: int):
     """A sequence-classification model with one output (the reward) on the starting model's weights; its new head
     is trained and saved with the adapter (peft's SEQ_CLS task keeps it in modules_to_save)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, set_seed
+    set_seed(args.seed)  # the new head's random init
     kwargs = dict(num_labels=1, dtype=resolve_dtype(args), attn_implementation=args.attn_implementation,
                   trust_remote_code=args.trust_remote_code)
     if args.train_mode == "qlora":
@@ -149,7 +151,12 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
                   processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss()])
     if trainer_cls in (DojoDPOTrainer, DojoKTOTrainer):
         kwargs["ref_model"] = reference
+    dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     trainer = trainer_cls(**kwargs)
+    # trl casts a 4-bit model's adapter to bf16 (QLoRA's bf16 recipe); ours trains in the run's dtype, as in SFT
+    for name, p in trainer.model.named_parameters():
+        if name in dtypes and p.dtype != dtypes[name]:
+            p.data = p.data.to(dtypes[name])
     drop_copied_adapter(trainer, args)
     return trainer
 
