@@ -62,7 +62,7 @@ def test_preference_method_trains_ranks_pairs_and_reloads(stage, method, tiny_mo
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
     if stage != "kto":  # held-out (here: the training pairs) preference accuracy rises
         before, after = map(float, re.search(r"accuracy: ([\d.]+)% before -> ([\d.]+)%", log).groups())
-        assert after > before and (after == 100.0 or stage == "rm")
+        assert after > before
     if stage not in ("rm",):
         assert (out / "preference_metrics.png").is_file()
         margins = [h["rewards/margins"] for h in history if "rewards/margins" in h and "loss" in h]
