@@ -256,6 +256,9 @@ def run(args, tokenizer, template_name: str, resume, log):
 
     trainer = build_preference_trainer(model, reference, args, tokenizer, train_set, eval_set)
     trainer.train(resume_from_checkpoint=resume)
+    if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
+                                        for h in trainer.state.log_history):
+        trainer.evaluate()  # the final model's eval loss and preference metrics, for the log and the plot
     if scored:
         after = preference_accuracy(trainer.model, eval_set, tokenizer, reward_model)
         log(f"held-out preference accuracy: {before:.1%} before -> {after:.1%} after training ({len(eval_set)} "
