@@ -1,6 +1,8 @@
 """Preference data: every record shape, the official template token for token, what is dropped, every malformed case."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -102,9 +104,10 @@ MALFORMED = [
 
 @pytest.mark.parametrize("record,message", MALFORMED, ids=[m for _, m in MALFORMED])
 def test_malformed_pair_is_refused_naming_file_line_and_field(record, message, tmp_path):
-    good = {"prompt": "Hi", "chosen": "A.", "rejected": "B."}
-    path = write_jsonl(tmp_path / "d.jsonl", [good, record])
-    with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{__import__('re').escape(message)}"):
+    shape = next((s for s, key in (("sharegpt", "conversations"), ("alpaca", "instruction"))
+                  if isinstance(record, dict) and key in record), "trl_messages")
+    path = write_jsonl(tmp_path / "d.jsonl", [SAME_PAIR_IN_EVERY_SHAPE[shape], record])  # line 1: a good one
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{re.escape(message)}"):
         load_examples(str(path), paired=True)
 
 
@@ -115,7 +118,7 @@ def test_malformed_pair_is_refused_naming_file_line_and_field(record, message, t
 ])
 def test_malformed_kto_record_is_refused_naming_file_line_and_field(record, message, tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Hi", "completion": "A.", "label": True}, record])
-    with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{__import__('re').escape(message)}"):
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: .*{re.escape(message)}"):
         load_examples(str(path), paired=False)
 
 
@@ -158,5 +161,5 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
     (dict(stage="dpo", padding_free=True), "SFT fast paths"),
 ])
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
-    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+    with pytest.raises(ValueError, match=re.escape(message)):
         TrainArgs(output_dir=str(tmp_path), report_to="none", **given)
