@@ -126,3 +126,11 @@ def test_dpo_lora_on_real_pairs(name, family, tiny_model, tmp_path, capsys):
     # every record is read; the ones whose prompt fills the 256 tokens are dropped and counted
     kept = int(re.search(r"train data: (\d+) of 16 samples", log).group(1))
     assert 0 < kept <= 16 and (kept == 16 or "no answer token left after truncation to 256" in log)
+
+
+def test_ready_dpo_config_dry_runs_on_real_pairs(tiny_model, tmp_path, capsys):
+    data = shared_path("data", "dpo", "dpo_en_demo.jsonl")
+    assert main_train.main(["qwen_dpo", "--model_name_or_path", str(tiny_model("qwen")), "--train_data_path", str(data),
+                            "--output_dir", str(tmp_path / "o"), "--dry_run", "true", "--max_len", "256"]) is None
+    log = capsys.readouterr().out
+    assert "train data: " in log and "of 300 samples" in log and not (tmp_path / "o").exists()

@@ -278,3 +278,19 @@ class ChatSFTRecipe(TrainArgs):
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 4   # 16 samples per optimizer step
     save_steps: float = 200
+
+
+@dataclass
+class ChatDPORecipe(ChatSFTRecipe):
+    """The shared recipe of the ready DPO configs (qwen_dpo.py, ...): DPO on preference pairs, usually after SFT.
+    Each pair is two sequences through the policy and two through the reference, so batches are half SFT's."""
+    stage: str = "dpo"
+    pref_loss: str = "sigmoid"
+    beta: float = 0.1
+    train_data_path: list[str] = field(default_factory=lambda: ["data/my_pairs.jsonl"])
+    max_len: int = 1024
+    num_train_epochs: float = 1.0
+    learning_rate: float = 5e-5           # LoRA-sized; DPO wants a gentler step than SFT
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8  # 16 pairs per optimizer step
+    logging_steps: float = 5
