@@ -134,3 +134,17 @@ def test_ready_dpo_config_dry_runs_on_real_pairs(tiny_model, tmp_path, capsys):
                             "--output_dir", str(tmp_path / "o"), "--dry_run", "true", "--max_len", "256"]) is None
     log = capsys.readouterr().out
     assert "train data: " in log and "of 300 samples" in log and not (tmp_path / "o").exists()
+
+
+def test_dpo_on_a_fresh_etude_preset_with_the_skills_tokenizer(tmp_path, capsys):
+    """Etude (our own architecture) goes through trl's log-prob head too: the pretrain -> SFT -> DPO path."""
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    trainer = main_train.main(["--model_name_or_path", "etude-tiny", "--tokenizer_name_or_path", "data/skills/tokenizer",
+                               "--template_name", "etude", "--train_mode", "full", "--stage", "dpo",
+                               "--train_data_path", str(data), "--eval_data_path", str(data), "--output_dir",
+                               str(tmp_path / "o"), "--max_steps", "4", "--per_device_train_batch_size", "4",
+                               "--learning_rate", "2e-4", "--max_len", "64", "--report_to", "none",
+                               "--activation_checkpointing", "false", "--disable_tqdm", "true"])
+    log = capsys.readouterr().out
+    before, after = map(float, re.search(r"accuracy: ([\d.]+)% before -> ([\d.]+)%", log).groups())
+    assert trainer.state.global_step == 4 and after > before and "[dojo] verified" in log
