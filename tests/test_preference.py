@@ -26,8 +26,8 @@ PAIRS = [
 ]
 KTO_RECORDS = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
                for p in PAIRS for side in ("chosen", "rejected")]
-STAGES = {"dpo": ["--stage", "dpo"],
-          "orpo": ["--rlhf_type", "ORPO", "--beta", "2"], "simpo": ["--stage", "dpo", "--pref_loss", "simpo", "--beta", "2"],
+STAGES = {"dpo": ["--stage", "dpo"], "orpo": ["--rlhf_type", "ORPO", "--beta", "2"],
+          "simpo": ["--stage", "dpo", "--pref_loss", "simpo", "--beta", "2"],
           "kto": ["--stage", "kto"], "rm": ["--stage", "rm", "--max_steps", "16", "--learning_rate", "0.01"]}
 
 
@@ -139,7 +139,8 @@ def test_ready_dpo_config_dry_runs_on_real_pairs(tiny_model, tmp_path, capsys):
 def test_dpo_on_a_fresh_etude_preset_with_the_skills_tokenizer(tmp_path, capsys):
     """Etude (our own architecture) goes through trl's log-prob head too: the pretrain -> SFT -> DPO path."""
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
-    trainer = main_train.main(["--model_name_or_path", "etude-tiny", "--tokenizer_name_or_path", "data/skills/tokenizer",
+    trainer = main_train.main(["--model_name_or_path", "etude-tiny",
+                               "--tokenizer_name_or_path", "data/skills/tokenizer",
                                "--template_name", "etude", "--train_mode", "full", "--stage", "dpo",
                                "--train_data_path", str(data), "--eval_data_path", str(data), "--output_dir",
                                str(tmp_path / "o"), "--max_steps", "4", "--per_device_train_batch_size", "4",

@@ -11,7 +11,7 @@ from train_args.base import ChatDPORecipe
 
 @dataclass
 class Llama3DpoArgs(ChatDPORecipe):
-    model_name_or_path: str = "meta-llama/Llama-3.2-1B-Instruct"  # a local folder works offline; a hub id needs internet
+    model_name_or_path: str = "meta-llama/Llama-3.2-1B-Instruct"  # a local folder works offline; a hub id: internet
     template_name: str = "llama3"
     output_dir: str = "output/llama3_dpo"
     train_mode: str = "lora"

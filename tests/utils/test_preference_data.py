@@ -15,7 +15,8 @@ from utils.tokenizer import load_tokenizer
 
 SYSTEM = "Be brief."
 SAME_PAIR_IN_EVERY_SHAPE = {
-    "sharegpt": {"system": SYSTEM, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+    "sharegpt": {"system": SYSTEM, "conversations": [{"from": "human", "value": "Hi"},
+                                                      {"from": "gpt", "value": "Hello"},
                                                       {"from": "human", "value": "Sky colour?"}],
                  "chosen": {"from": "gpt", "value": "Blue."}, "rejected": {"from": "gpt", "value": "Green."}},
     "trl_messages": {"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi"},
