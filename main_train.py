@@ -6,13 +6,12 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import TrainerState
-
+from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
-from utils.run_folder import COMPLETE_MARK, RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign
+from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.score import exact_match
 from utils.tokenizer import build_tokenizer
@@ -34,19 +33,6 @@ def score(model, tokenizer, template_name, conversations, when: str):
     return accuracy
 
 
-def train(trainer, plan) -> None:
-    """Train from scratch or from the plan's checkpoint; a checkpoint at the last step is only loaded (a run stopped
-    during its final save), since the Trainer would train one step past max_steps from it."""
-    if plan.final_save_only:
-        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
-        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
-        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
-        return
-    if plan.checkpoint:
-        log(f"resuming run {plan.run_id} from {plan.checkpoint}")
-    trainer.train(resume_from_checkpoint=plan.checkpoint)
-
-
 def main(argv=None):
     """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained."""
     args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
@@ -64,6 +50,8 @@ def main(argv=None):
 
     tokenizer, template_name, template_reason = build_tokenizer(args)
     log(f"template: {template_name} ({template_reason})")
+    if args.stage != "sft":  # DPO, KTO, ORPO, SimPO, reward models: the same steps through trl's trainers
+        return preference.run(args, tokenizer, template_name, plan, log)
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
     train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)
@@ -91,7 +79,7 @@ def main(argv=None):
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args),
                             callbacks=[RunIdentity(plan.run_id)])
     reset_measured_peak()
-    train(trainer, plan)
+    train(trainer, plan, log)
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
