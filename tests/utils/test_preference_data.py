@@ -152,13 +152,13 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
 
 
 @pytest.mark.parametrize("given,message", [
-    (dict(stage="dpo", rlhf_type="KTO"), "rlhf_type 'KTO' means stage 'kto'"),
-    (dict(rlhf_type="PPO"), "rlhf_type must be one of"),
-    (dict(stage="ppo"), "stage must be one of"),
-    (dict(stage="dpo", pref_loss="nope"), "pref_loss must be one of"),
-    (dict(stage="dpo", beta=0.0), "beta must be > 0"),
-    (dict(stage="dpo", pref_loss="exo_pair"), "exo_pair needs label_smoothing > 0"),
-    (dict(stage="dpo", pref_loss="simpo", ref_model_path="/m"), "uses no reference policy"),
+    (dict(stage="dpo", rlhf_type="KTO"), "rlhf_type: 'KTO' means stage 'kto'"),
+    (dict(rlhf_type="PPO"), "rlhf_type: must be one of"),
+    (dict(stage="ppo"), "stage: must be one of"),
+    (dict(stage="dpo", pref_loss="nope"), "pref_loss: must be one of"),
+    (dict(stage="dpo", beta=0.0), "beta: must be > 0"),
+    (dict(stage="dpo", pref_loss="exo_pair"), "label_smoothing: must be > 0 with pref_loss exo_pair"),
+    (dict(stage="dpo", pref_loss="simpo", ref_model_path="/m"), "use no reference policy"),
     (dict(stage="dpo", padding_free=True), "SFT fast paths"),
 ])
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
