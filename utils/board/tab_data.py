@@ -6,12 +6,12 @@ build_tokenizer: the page shows what training would see, never a second implemen
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import gradio as gr
 
 import chat_template
 from utils.board.plots import length_histogram
+from train_args.base import TrainArgs
 from utils.data import DataError, load_conversations, encode_conversations
 from utils.tokenizer import build_tokenizer
 
@@ -20,8 +20,9 @@ SUPERVISED = "supervised"
 
 
 def load_tokenizer_and_template(tokenizer_path: str, template: str, trust_remote_code: bool):
-    args = SimpleNamespace(model_name_or_path=tokenizer_path, tokenizer_name_or_path=None,
-                           template_name=template or None, trust_remote_code=trust_remote_code)
+    # TrainArgs' own defaults for every other field the tokenizer step reads (default_system, template_mismatch, ...)
+    args = TrainArgs(model_name_or_path=tokenizer_path, template_name=template or None,
+                     trust_remote_code=trust_remote_code, output_dir=None, report_to="none")
     tokenizer, template_name, _ = build_tokenizer(args)
     return tokenizer, template_name
 
