@@ -4,12 +4,14 @@ Reads top to bottom: args -> tokenizer -> data -> model -> trainer -> save. Ever
 """
 import json
 import sys
+import time
 from pathlib import Path
 
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
+from utils.progress import add_progress, run_summary
 from utils.score import exact_match
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.tokenizer import build_tokenizer
@@ -21,11 +23,11 @@ def log(message: str) -> None:
         print(f"[dojo] {message}", flush=True)
 
 
-def score(model, tokenizer, template_name, conversations, when: str):
+def score(model, tokenizer, template_name, conversations, args, when: str):
     """Exact-match accuracy on held-out prompts (rank 0 only; None when there is nothing to score)."""
     if not conversations or not rank0():
         return None
-    accuracy, results = exact_match(model, tokenizer, conversations, template_name)
+    accuracy, results = exact_match(model, tokenizer, conversations, template_name, args.score_max_new_tokens)
     examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
     log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
     return accuracy
@@ -67,27 +69,34 @@ def main(argv=None):
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
         f"parameters ({100 * trainable / total:.2f}%)")
     snapshot = trainable_snapshot(model)
-    score_before = score(model, tokenizer, template_name, score_set, "before training")
+    score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
+                         "before training")
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
+    add_progress(trainer)
     reset_measured_peak()
+    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    train_seconds = time.perf_counter() - started
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
                                         for h in trainer.state.log_history):
         trainer.evaluate()
 
-    score_after = score(trainer.model, tokenizer, template_name, score_set, "after training")
+    score_after = score(trainer.model, tokenizer, template_name, score_set, args, "after training")
     if score_before is not None and score_after is not None:
         log(f"held-out exact match: {score_before:.1%} before -> {score_after:.1%} after training "
             f"({len(score_set)} prompts)")
 
     save_outputs(trainer, tokenizer, args, template_name)
     if trainer.is_world_process_zero():
-        plot_loss_curve(trainer.state.log_history, Path(args.output_dir) / "loss_curve.png")
+        if not plot_loss_curve(trainer.state.log_history, Path(args.output_dir) / "loss_curve.png"):
+            log(f"no loss curve: no loss was logged ({trainer.state.global_step} steps, logging_steps "
+                f"{args.logging_steps})")
         (Path(args.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
         log(verify_outputs(args, snapshot))
+        log(run_summary(trainer, train_seconds, args.output_dir))
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
             + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
                else args.output_dir))

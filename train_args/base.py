@@ -59,7 +59,15 @@ class TrainArgs(TrainingArguments):
     score_data_path: list[str] | None = field(default=None, metadata=_help(
         "Held-out conversations to score before and after training: greedy answer to each final user turn, "
         "exact match with the reference answer (the model must also stop). Omitted: no score."))
-    score_samples: int = field(default=100, metadata=_help("How many score_data_path samples to score."))
+    score_samples: int = field(default=50, metadata=_help(
+        "How many score_data_path samples to score (the first ones). Scoring generates, which on a CPU costs "
+        "about as much per sample as a few training steps."))
+    score_before: bool = field(default=True, metadata=_help(
+        "Also score before training (the 'before' half of before -> after). false: score after training only, "
+        "half the scoring time."))
+    score_max_new_tokens: int = field(default=0, metadata=_help(
+        "Longest answer generated when scoring. 0: the longest reference answer's token count plus 4 (a longer "
+        "answer cannot match, so an untrained model that never stops costs only that many tokens per prompt)."))
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
@@ -140,6 +148,8 @@ class TrainArgs(TrainingArguments):
                        "at 2.4x the peak; --dry_run predicts it)."))
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
+    include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens/s and the ETA), all, or no."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
@@ -190,6 +200,9 @@ class TrainArgs(TrainingArguments):
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
         if self.cuda_graph_bucket < 1:
             raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
+        if self.score_samples < 1 or self.score_max_new_tokens < 0:
+            raise ValueError(f"score_samples must be >= 1 and score_max_new_tokens >= 0, got {self.score_samples} "
+                             f"and {self.score_max_new_tokens}")
         if not 0.0 <= self.eval_ratio < 1.0:
             raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         super().__post_init__()

@@ -3,6 +3,10 @@
 The loss says the model got closer; this says whether it is right. Each held-out conversation's final assistant
 turn is the reference; the model answers the conversation before it greedily, and an answer counts when it equals
 the reference after stripping whitespace (a model that does not stop at the end of its turn fails).
+
+An answer can match only if it is about as long as its reference, so generation is capped at the longest
+reference's token count plus a small margin (answer_budget): an untrained model that never stops then costs a
+few tokens per prompt, not a long ramble.
 """
 from __future__ import annotations
 
@@ -12,12 +16,20 @@ import chat_template
 from utils.attention import NAME as VARLEN
 
 GENERATION_ATTENTION = "sdpa"  # varlen attends within packed training rows; generation feeds left-padded batches
+BUDGET_MARGIN = 4  # tokens beyond the longest reference: another tokenization of the same text, and the stop
+
+
+def answer_budget(tokenizer, conversations) -> int:
+    """max_new_tokens that lets every reference answer be generated and stop: its tokens plus BUDGET_MARGIN."""
+    lengths = [len(tokenizer(c.messages[-1]["content"], add_special_tokens=False)["input_ids"]) for c in conversations]
+    return max(lengths, default=0) + BUDGET_MARGIN
 
 
 @torch.no_grad()
-def exact_match(model, tokenizer, conversations, template_name: str, max_new_tokens: int = 32,
+def exact_match(model, tokenizer, conversations, template_name: str, max_new_tokens: int = 0,
                 batch_size: int = 32) -> tuple[float, list[tuple[str, str, str]]]:
-    """(accuracy, [(prompt, reference, answer), ...])."""
+    """(accuracy, [(prompt, reference, answer), ...]); max_new_tokens 0: answer_budget of the conversations."""
+    max_new_tokens = max_new_tokens or answer_budget(tokenizer, conversations)
     stops = chat_template.stop_token_ids(tokenizer, template_name)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     was_training, use_cache, attention = model.training, model.config.use_cache, model.config._attn_implementation
