@@ -11,8 +11,8 @@ from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
-from utils.progress import add_progress, run_summary
-from utils.score import exact_match
+from utils.train_log import add_progress, run_summary
+from utils.score import exact_match, write_score
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.tokenizer import build_tokenizer
 from utils.trainer import build_trainer, check_output_dir, rank0, resolve_resume
@@ -24,13 +24,14 @@ def log(message: str) -> None:
 
 
 def score(model, tokenizer, template_name, conversations, args, when: str):
-    """Exact-match accuracy on held-out prompts (rank 0 only; None when there is nothing to score)."""
+    """(exact-match accuracy, [(prompt, reference, answer)]) on held-out prompts (rank 0 only; None when there is
+    nothing to score)."""
     if not conversations or not rank0():
         return None
     accuracy, results = exact_match(model, tokenizer, conversations, template_name, args.score_max_new_tokens)
     examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
     log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
-    return accuracy
+    return accuracy, results
 
 
 def main(argv=None):
@@ -86,7 +87,7 @@ def main(argv=None):
 
     score_after = score(trainer.model, tokenizer, template_name, score_set, args, "after training")
     if score_before is not None and score_after is not None:
-        log(f"held-out exact match: {score_before:.1%} before -> {score_after:.1%} after training "
+        log(f"held-out exact match: {score_before[0]:.1%} before -> {score_after[0]:.1%} after training "
             f"({len(score_set)} prompts)")
 
     save_outputs(trainer, tokenizer, args, template_name)
@@ -95,6 +96,8 @@ def main(argv=None):
             log(f"no loss curve: no loss was logged ({trainer.state.global_step} steps, logging_steps "
                 f"{args.logging_steps})")
         (Path(args.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        if score_after is not None:
+            write_score(Path(args.output_dir) / "score.json", score_before, score_after)
         log(verify_outputs(args, snapshot))
         log(run_summary(trainer, train_seconds, args.output_dir))
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "

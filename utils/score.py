@@ -10,6 +10,9 @@ few tokens per prompt, not a long ramble.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 import chat_template
@@ -59,3 +62,10 @@ def exact_match(model, tokenizer, conversations, template_name: str, max_new_tok
         model.set_attn_implementation(VARLEN)
     accuracy = sum(ref == ans for _, ref, ans in results) / max(1, len(results))
     return accuracy, results
+
+
+def write_score(path: Path, before, after) -> None:
+    """score.json: the accuracies (before is null when not scored) and every answer after training."""
+    record = {"before": before[0] if before else None, "after": after[0],
+              "answers": [{"prompt": p, "reference": r, "answer": a} for p, r, a in after[1]]}
+    path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
