@@ -7,15 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+from transformers import TrainerState
+
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
-from utils.train_log import add_progress, run_summary
-from utils.score import exact_match, write_score
+from utils.run_folder import COMPLETE_MARK, RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
+from utils.score import exact_match, write_score
+from utils.train_log import add_progress, run_summary
 from utils.tokenizer import build_tokenizer
-from utils.trainer import build_trainer, check_output_dir, rank0, resolve_resume
+from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer, rank0
 
 
 def log(message: str) -> None:
@@ -34,16 +37,33 @@ def score(model, tokenizer, template_name, conversations, args, when: str):
     return accuracy, results
 
 
+def train(trainer, plan) -> None:
+    """Train from scratch or from the plan's checkpoint; a checkpoint at the last step is only loaded (a run stopped
+    during its final save), since the Trainer would train one step past max_steps from it."""
+    if plan.final_save_only:
+        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
+        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
+        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
+        return
+    if plan.checkpoint:
+        log(f"resuming run {plan.run_id} from {plan.checkpoint}")
+    trainer.train(resume_from_checkpoint=plan.checkpoint)
+
+
 def main(argv=None):
-    """Run one training job; returns the Trainer (tests inspect its model and log)."""
-    args = parse_args(argv)
+    """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained."""
+    args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
+    plan = plan_run(args)
+    if plan.finished:
+        log(f"run {plan.run_id} in {args.output_dir} already finished; nothing to train (raise max_steps to train "
+            "further, or choose another output_dir for a new run)")
+        return None
     try:
-        check_output_dir(args)
+        refuse_foreign(args, plan)
     except FileExistsError as err:
         if not args.dry_run:
             raise
         log(f"note (a real run would stop here): {err}")  # a dry run writes nothing, so it goes on
-    resume = resolve_resume(args)
 
     tokenizer, template_name, template_reason = build_tokenizer(args)
     log(f"template: {template_name} ({template_reason})")
@@ -60,9 +80,8 @@ def main(argv=None):
         log("dry run: config, tokenizer and data are valid; stopping before the model is loaded")
         return None
 
-    if rank0():
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
+    if rank0() and (moved := claim_output_dir(args, plan)):
+        log(moved)
 
     model = build_model(args, vocab_size=len(tokenizer))
     model = compile_layers(apply_peft(model, args), args)
@@ -73,11 +92,12 @@ def main(argv=None):
     score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
                          "before training")
 
-    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args))
+    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args),
+                            callbacks=[RunIdentity(plan.run_id)])
     add_progress(trainer)
     reset_measured_peak()
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
+    train(trainer, plan)
     train_seconds = time.perf_counter() - started
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
@@ -103,12 +123,28 @@ def main(argv=None):
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
             + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
                else args.output_dir))
+        mark_finished(args.output_dir, plan, trainer.state.global_step)  # last: a run stopped before this resumes
     return trainer
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> int:
+    """The command line: errors become `error: ...` lines on stderr and an exit code, 2 for bad input (nothing was
+    written), 1 for a run that stopped (checkpoints already complete are kept)."""
     try:
-        main()
+        main(argv)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        for line in err.problems if isinstance(err, ConfigError) else [str(err)]:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except (CheckpointSaveError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 1
+    except OSError as err:  # a full disk or a folder made read-only while the run writes its final outputs
+        print(f"error: {err.strerror or err}: {err.filename or ''}. Checkpoints already complete are kept: fix it, "
+              "then resume with --resume_from_checkpoint true.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -81,7 +81,8 @@ def install_trace() -> None:
         return loss
 
     GraphedStep.capture, DojoTrainer.training_step = traced_capture, traced_step
-    main_train.build_trainer = lambda *a, **k: build_trainer(*a, **k, callbacks=[TraceSteps()])
+    main_train.build_trainer = lambda *a, callbacks=(), **k: build_trainer(*a, **k,
+                                                                       callbacks=[*callbacks, TraceSteps()])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import IGNORE_INDEX, TEMPLATES, ChatFormatError, detect, encode, render
+from . import IGNORE_INDEX, TEMPLATES, detect, encode, render
 
 OPEN, CLOSE = "[[", "]]"
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -26,11 +26,12 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_list(args) -> int:
-    rows = [["name", "families", "stop tokens", "default system", "system", "bos in template", "source"]]
+    rows = [["name", "families", "stop tokens", "default system", "system", "tools", "bos in template", "source"]]
     for t in TEMPLATES.values():
         stops = ", ".join("<tokenizer eos>" if s == "{eos}" else s for s in t.stop_tokens)
         rows.append([t.name, t.families, stops, repr(t.default_system) if t.default_system else "-",
-                     "yes" if t.supports_system else "no (raises)", "yes" if t.bos_in_template else "no", t.source])
+                     "yes" if t.supports_system else "no (raises)", "yes" if t.supports_tools else "no",
+                     "yes" if t.bos_in_template else "no", t.source])
     print(_table(rows))
     return 0
 
@@ -94,10 +95,11 @@ def cmd_show(args) -> int:
         template_name, how = detect(args.tokenizer, tokenizer=tokenizer)
     options = {"default_system": args.default_system} if args.default_system is not None else {}
     try:
+        options["tools"] = conversation.tools
         enc = encode(conversation.messages, tokenizer, template_name, max_len=args.max_len, train_on=args.train_on,
                      special_text=args.special_text, **options)
         text = render(conversation.messages, template_name, tokenizer=tokenizer, **options)
-    except ChatFormatError as err:
+    except ValueError as err:  # ChatFormatError, or an own template whose mask cannot be derived
         print(f"error: {conversation.source}: {err}", file=sys.stderr)
         return 1
     ids, labels = enc["input_ids"], enc["labels"]
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="table of the templates")
     show = sub.add_parser("show", help="one sample, rendered, with its supervised tokens marked")
-    show.add_argument("--template", choices=list(TEMPLATES), help="template name (default: detect from --tokenizer)")
+    show.add_argument("--template", choices=[*TEMPLATES, "own"],
+                      help="template name, or own: the tokenizer's own chat_template (default: detect from --tokenizer)")
     show.add_argument("--tokenizer", required=True, help="tokenizer or model folder")
     show.add_argument("--data", required=True, help="data file (alpaca / messages / sharegpt, .jsonl or .json)")
     show.add_argument("--index", type=int, default=0, help="0-based sample index (default 0)")

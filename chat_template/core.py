@@ -14,9 +14,12 @@ How the mask is made, and why it is right for every template:
 """
 from __future__ import annotations
 
+import json
+
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from .registry import Template, get_template
+from . import own
+from .registry import TEMPLATES, Template, get_template
 
 IGNORE_INDEX = -100  # the label that cross-entropy in transformers/torch skips
 
@@ -34,27 +37,80 @@ def _render_vars(template: Template, tokenizer=None, **options) -> dict:
     return variables
 
 
+def uses_tools(messages, tools=None) -> bool:
+    """Whether a conversation needs a template's tool rendering: tool schemas, assistant tool calls or tool results."""
+    return bool(tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
+def supports_tools(template_name: str, tokenizer=None) -> bool:
+    """Whether a template renders tool schemas and calls: a registry fact for our families; for the model's own
+    template, whether its text reads `tools` and `tool_calls` at all (one that does not would drop them)."""
+    if template_name == own.OWN:
+        jinja = own.own_jinja(tokenizer) if tokenizer is not None else None
+        return bool(jinja) and "tool_calls" in jinja and "tools" in jinja.replace("tool_calls", "")
+    return get_template(template_name).supports_tools
+
+
+def check_tools(messages, tools, template_name: str, tokenizer=None) -> None:
+    """Refuse tool data for a template whose official text has no tool rendering (it would drop or garble it)."""
+    if uses_tools(messages, tools) and not supports_tools(template_name, tokenizer):
+        able = ", ".join(name for name, t in TEMPLATES.items() if t.supports_tools)
+        raise ChatFormatError(f"this conversation has tool schemas, tool calls or tool results, but template "
+                              f"{template_name!r} has no tool rendering (its official template has none); "
+                              f"templates that render tools: {able}")
+
+
+def _jinja_and_vars(template: Template, tokenizer, **options) -> tuple[str, dict]:
+    """Our jinja with its render variables. A tokenizer that `apply_to_tokenizer` gave our template carries the run's
+    render options (e.g. default_system) baked in as defaults: that text is rendered, so what trains is exactly what
+    is saved; options given here still win."""
+    variables = _render_vars(template, tokenizer, **options)
+    baked = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if isinstance(baked, str) and baked != template.jinja and baked.endswith(template.jinja) \
+            and baked.startswith("{%- if "):
+        for name, default in template.options.items():
+            if options.get(name) is None:
+                del variables[name]
+        return baked, variables
+    return template.jinja, variables
+
+
 def render_with_spans(messages, template_name: str, add_generation_prompt: bool = False, tools=None,
                       tokenizer=None, **options) -> tuple[str, list[tuple[int, int]]]:
     """Render one conversation; return the text and the [start, end) character spans of each assistant turn."""
+    if template_name == own.OWN:
+        if tokenizer is None:
+            raise ValueError("template 'own' is the tokenizer's own chat_template: pass tokenizer=")
+        try:
+            return own.render_with_spans(own.analyze(tokenizer), messages, add_generation_prompt, tools, **options)
+        except (own.OwnTemplateError, ChatFormatError):
+            raise
+        except Exception as err:  # jinja's raise_exception and type errors surface here
+            raise ChatFormatError(f"the model's own chat_template cannot render this conversation: {err}") from err
     template = get_template(template_name)
     if not template.supports_system and messages and messages[0].get("role") == "system":
         raise ChatFormatError(f"template {template_name!r} has no system role (the official template refuses it); "
                               "drop the system message or put its text into the first user turn")
+    check_tools(messages, tools, template_name)
+    # transformers' apply_chat_template drops None-valued keys (OpenAI's `content: null` beside tool calls) before
+    # rendering, and official templates are written for that: do the same, or Qwen3's `'</think>' in content` fails
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    jinja, variables = _jinja_and_vars(template, tokenizer, **options)
     try:
         texts, spans = render_jinja_template(
-            conversations=[messages], tools=tools, chat_template=template.jinja,
-            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt,
-            **_render_vars(template, tokenizer, **options),
+            conversations=[messages], tools=tools, chat_template=jinja,
+            return_assistant_tokens_mask=True, add_generation_prompt=add_generation_prompt, **variables,
         )
     except Exception as err:  # jinja's raise_exception and type errors surface here
         raise ChatFormatError(f"template {template_name!r} cannot render this conversation: {err}") from err
     return texts[0], list(spans[0])
 
 
-def render(messages, template_name: str, add_generation_prompt: bool = False, tokenizer=None, **options) -> str:
+def render(messages, template_name: str, add_generation_prompt: bool = False, tokenizer=None, tools=None,
+           **options) -> str:
     """The text the model sees. bos/eos come from `tokenizer`, or from `bos_token=`/`eos_token=` options."""
-    return render_with_spans(messages, template_name, add_generation_prompt, tokenizer=tokenizer, **options)[0]
+    return render_with_spans(messages, template_name, add_generation_prompt, tools=tools, tokenizer=tokenizer,
+                             **options)[0]
 
 
 def control_token_texts(tokenizer) -> list[str]:
@@ -64,16 +120,22 @@ def control_token_texts(tokenizer) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
-def find_control_text(messages, tokenizer) -> tuple[int, str, str] | None:
-    """First (message index, field, token text) where content contains special-token text, or None."""
+def find_control_text(messages, tokenizer, tools=None) -> tuple[int | None, str, str] | None:
+    """First (message index, field, token text) where text contains special-token text, or None.
+
+    Tool schemas and calls come first (`special_text="keep"` cannot cover them), checked as the JSON text the
+    templates write (message index None: `tools`)."""
     specials = control_token_texts(tokenizer)
-    for i, message in enumerate(messages):
-        for field in ("content", "reasoning_content"):
-            value = message.get(field)
-            if isinstance(value, str):
-                for text in specials:
-                    if text in value:
-                        return i, field, text
+    fields = [(None, "tools", json.dumps(tools, ensure_ascii=False))] if tools else []
+    fields += [(i, "tool_calls", json.dumps(m["tool_calls"], ensure_ascii=False))
+               for i, m in enumerate(messages) if m.get("tool_calls")]
+    fields += [(i, field, message.get(field)) for i, message in enumerate(messages)
+               for field in ("content", "reasoning_content")]
+    for i, field, value in fields:
+        if isinstance(value, str):
+            for text in specials:
+                if text in value:
+                    return i, field, text
     return None
 
 
@@ -146,14 +208,17 @@ def encode(messages, tokenizer, template_name: str, add_generation_prompt: bool 
         raise ValueError(f"train_on must be 'all' or 'last', got {train_on!r}")
     if special_text not in ("error", "keep"):
         raise ValueError(f"special_text must be 'error' or 'keep', got {special_text!r}")
+    check_tools(messages, tools, template_name, tokenizer)
     specials = control_token_texts(tokenizer)
-    hit = find_control_text(messages, tokenizer)
+    hit = find_control_text(messages, tokenizer, tools)
     originals = []
-    if hit and special_text == "error":
+    if hit and (special_text == "error" or hit[1] in ("tool_calls", "tools")):
         i, field, text = hit
-        raise ChatFormatError(f"message {i} ({messages[i].get('role')}) field '{field}' contains the special-token "
-                              f"text {text!r}, which would be read as a control token; clean the data or set "
-                              f"special_text='keep' to tokenize it as plain text")
+        where = "field 'tools'" if i is None else f"message {i} ({messages[i].get('role')}) field '{field}'"
+        fix = ("special_text='keep' covers message text only: clean the tool JSON" if field in ("tool_calls", "tools")
+               else "clean the data or set special_text='keep' to tokenize it as plain text")
+        raise ChatFormatError(f"{where} contains the special-token text {text!r}, which would be read as a control "
+                              f"token; {fix}")
     if hit:
         messages, originals = _mask_content(messages, specials)
     text, spans = render_with_spans(messages, template_name, add_generation_prompt, tools=tools,

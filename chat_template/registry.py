@@ -21,11 +21,15 @@ class Template:
     stop_tokens: tuple[str, ...]      # end-of-turn strings; `generate` must stop on each ("{eos}" = tokenizer eos)
     default_system: str | None = None  # injected when a conversation has no system message
     supports_system: bool = True
+    supports_tools: bool = False      # renders `tools` and assistant `tool_calls` the way the official template does
     bos_in_template: bool = False     # the template text itself begins with {{ bos_token }}
     special_tokens: tuple[str, ...] = ()  # control tokens the template writes (for tokenizers that must add them)
     options: dict = field(default_factory=dict)  # extra render variables the template reads, with their defaults
     detect_markers: tuple[str, ...] = ()  # substrings of an official chat_template that identify the family
     model_types: tuple[str, ...] = ()     # config.json model_type values that identify the family
+    # Render options of each official variant of the family's template (e.g. Qwen2.5's vs Qwen1.5's default
+    # system): a model folder whose chat_template renders like one of them is that family, with those options.
+    variants: tuple[dict, ...] = ({},)
 
     @property
     def jinja(self) -> str:
@@ -46,12 +50,15 @@ _TEMPLATES = [
         "Qwen2.5-Instruct tokenizer_config.json (Qwen1.5-Chat is the same ChatML without tools)",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), default_system="You are a helpful assistant.",
         special_tokens=("<|im_start|>", "<|im_end|>"), options={"default_system": "You are a helpful assistant."},
-        detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+        supports_tools=True, detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+        variants=({"default_system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."},
+                  {"default_system": "You are a helpful assistant."},   # Qwen2-Instruct
+                  {"default_system": "You are a helpful assistant"}),   # Qwen1.5-Chat
     ),
     Template(
         "qwen3", "Qwen3 (hybrid thinking)", "Qwen3 tokenizer_config.json",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
-        options={"enable_thinking": True}, detect_markers=("<|im_start|>", "<think>"),
+        options={"enable_thinking": True}, supports_tools=True, detect_markers=("<|im_start|>", "<think>"),
         model_types=("qwen3", "qwen3_moe"),
     ),
     Template(
@@ -66,6 +73,12 @@ _TEMPLATES = [
         model_types=("gemma", "gemma2"),
     ),
     Template(
+        "gemma3", "Gemma 3 (-it; text)", "google/gemma-3-*-it chat_template (tests/chat_template/golden/SOURCES.md)",
+        stop_tokens=("<end_of_turn>", "<eos>"), bos_in_template=True,
+        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>", "first_user_prefix"),
+        model_types=("gemma3", "gemma3_text"),
+    ),
+    Template(
         "phi3", "Phi-3, Phi-3.5 mini/medium instruct", "microsoft/Phi-3.5-mini-instruct tokenizer_config.json",
         stop_tokens=("<|end|>", "<|endoftext|>"),
         special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
@@ -76,12 +89,17 @@ _TEMPLATES = [
         "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",), bos_in_template=True,
         detect_markers=("User: ", "Assistant:"), model_types=("deepseek_v2",),
     ),
+    # No tools for deepseek3: DeepSeek-V3's and R1's official templates have tool branches but no usable tool
+    # rendering. Neither writes the tool schemas; neither resets its first-call flags, so a second round of calls
+    # loses `<｜Assistant｜><｜tool▁calls▁begin｜>`; V3 leaves a single call unclosed and reaches its call branch only for
+    # `content: None`, a key transformers' apply_chat_template drops (tests/chat_template/test_tools.py).
     Template(
         "deepseek3", "DeepSeek-V3, DeepSeek-R1 (and R1 distills' format)",
         "deepseek-ai/DeepSeek-V3 tokenizer_config.json", stop_tokens=("<｜end▁of▁sentence｜>",),
         bos_in_template=True, special_tokens=("<｜User｜>", "<｜Assistant｜>"),
         detect_markers=("<｜User｜>",), model_types=("deepseek_v3",),
     ),
+    # Meta-Llama-3-8B-Instruct's official template has no tool rendering (Llama-3.1's added one; not here)
     Template(
         "llama3", "Llama-3 / 3.1 instruct", "meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json",
         stop_tokens=("<|eot_id|>", "<|end_of_text|>"), bos_in_template=True,

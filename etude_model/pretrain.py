@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from utils.loss import causal_lm_loss, logits_cross_entropy
+
 from .data import PackedWindows, build_token_cache, split_train_val
 from .modeling_etude import EtudeForCausalLM
 from .presets import PRESETS, count_parameters, make_config
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fused_ce", action="store_true", help="CUDA: the training loss by liger-kernel's cross-entropy "
                    "kernel, which writes the logits' gradient over the logits in the forward (no fp32 copy, no "
                    "second pass in the backward): less memory and a faster step; needs liger-kernel. Elsewhere "
-                   "the model's own loss (the same math)")
+                   "torch's cross-entropy (the same math). An MoE preset's load-balancing loss is added either way")
     g.add_argument("--peak_tflops", type=float, default=989.0,
                    help="accelerator peak TFLOP/s for MFU (default: %(default)s = H100 SXM bf16 dense)")
     g = p.add_argument_group("logging and checkpoints")
@@ -117,24 +119,21 @@ def make_optimizer(model, args, device_type: str) -> torch.optim.AdamW:
 
 
 def make_loss_fn(model, args, device):
-    """(x, y) -> mean next-token cross-entropy of the training step: the model's own, or with --fused_ce
-    liger-kernel's on the model's logits (the model returns them without a loss)."""
-    def model_loss(x, y):
-        return model(input_ids=x, shift_labels=y, use_cache=False).loss
-    if not args.fused_ce:
-        return model_loss
-    if device.type != "cuda":
-        tqdm.write(f"--fused_ce runs a Triton kernel on CUDA: on {device} the model's own loss (the same math)")
-        return model_loss
-    try:
-        from liger_kernel.transformers.functional import liger_cross_entropy
-    except ImportError as e:
-        raise SystemExit(f"--fused_ce needs liger-kernel (pip install -r requirements-gpu.txt): {e}") from e
+    """(x, y) -> the training step's loss by utils/loss.py's causal_lm_loss (next-token cross-entropy, plus an MoE
+    preset's load-balancing term): the model's own, or with --fused_ce liger-kernel's cross-entropy kernel on the
+    model's logits (on CUDA; elsewhere torch's, the same math)."""
+    backend = "liger" if args.fused_ce else "model"
+    if backend == "liger" and device.type != "cuda":
+        tqdm.write(f"--fused_ce runs a Triton kernel on CUDA: on {device} torch's cross-entropy (the same math)")
+    elif backend == "liger":
+        try:
+            logits_cross_entropy(device)
+        except ImportError as e:
+            raise SystemExit(f"--fused_ce needs liger-kernel (pip install -r requirements-gpu.txt): {e}") from e
 
-    def fused(x, y):
-        logits = model(input_ids=x, use_cache=False).logits
-        return liger_cross_entropy(logits.flatten(0, 1), y.flatten())
-    return fused
+    def loss_fn(x, y):
+        return causal_lm_loss(model, {"input_ids": x, "use_cache": False}, shift_labels=y, backend=backend)
+    return loss_fn
 
 
 def flops_per_token(config, seq_len: int) -> float:

@@ -56,8 +56,10 @@ def dataset_loss(model, dataset) -> float:
 def test_family_method_trains_saves_and_reloads(family, method, tiny_model, toy_data, tmp_path):
     model_dir = tiny_model(family)
     out = tmp_path / "out"
+    # the tiny deepseek folder carries DeepSeek-R1's template (its tokenizer's), not the V2 one trained here
+    accept = ["--template_mismatch", "ok"] if family == "deepseek" else []
     trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", FAMILIES[family][1],
-                                         "--max_steps", "6", *METHODS[method]))
+                                         "--max_steps", "6", *METHODS[method], *accept))
     assert len([h for h in trainer.state.log_history if "loss" in h]) == 6
     # loss on the whole training set falls (per-batch logged losses are too noisy at this size)
     if method == "full":
@@ -103,13 +105,16 @@ def test_generation_config_stops_on_every_template_stop_token(tiny_model, toy_da
     tok = AutoTokenizer.from_pretrained(out)
     assert sorted(config.eos_token_id) == sorted(tok.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
     assert config.pad_token_id not in config.eos_token_id
-    # the saved tokenizer carries our template: it renders exactly what training saw
+    # the saved tokenizer carries our template: it renders exactly what training saw (Qwen2.5's default system,
+    # taken from the model folder's own template)
     import chat_template
     messages = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == chat_template.render(
-        messages, "qwen", add_generation_prompt=True)
+        messages, "qwen", add_generation_prompt=True,
+        default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
     record = json.loads((out / "dojo_run.json").read_text())
     assert record["template_name"] == "qwen"
+    assert record["template"]["mask"].startswith("generation markers")
 
 
 def test_generate_stops_at_end_of_turn(tiny_model, toy_data, tmp_path):

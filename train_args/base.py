@@ -8,12 +8,26 @@ Field names follow LLM-Dojo's so its users feel at home.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
 
+from utils.run_folder import resume_value
+
 TRAIN_MODES = ("full", "lora", "qlora")
+TORCH_DTYPES = ("auto", "bfloat16", "float16", "float32")
+# init_lora_weights that need nothing but the base weights (eva, corda and loftq need a setup step we do not run)
+INIT_LORA_WEIGHTS = ("default", "true", "false", "gaussian", "pissa", "olora", "orthogonal", "mica")
+
+
+class ConfigError(ValueError):
+    """Bad user input in the config; `problems` holds one 'field: what is wrong' line per bad value."""
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 def _help(text: str, **extra) -> dict:
@@ -30,8 +44,10 @@ class TrainArgs(TrainingArguments):
         "Tokenizer folder when it is not the model's own, e.g. a small tokenizer from etude_model.train_tokenizer "
         "for an Etude preset (the preset's vocabulary is sized to it)."))
     template_name: str | None = field(default=None, metadata=_help(
-        "Chat template (qwen, qwen3, yi, gemma, phi3, deepseek, deepseek3, llama3, etude). "
-        "Omitted: detected from the model and printed."))
+        "Chat template (qwen, qwen3, yi, gemma, gemma3, phi3, deepseek, deepseek3, llama3, etude, or own: the "
+        "model's own chat_template as it is). Omitted: the model's own chat_template is kept (one of ours when it "
+        "is one of that family's official variants); a model without one: detected from its config and vocabulary. "
+        "The choice and the reason are printed."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Run Python code shipped inside the model folder. Off: only turn it on for a model you trust."))
     torch_dtype: str = field(default="auto", metadata=_help(
@@ -39,6 +55,13 @@ class TrainArgs(TrainingArguments):
     attn_implementation: str = field(default="sdpa", metadata=_help(
         "Attention kernel: sdpa, eager, ..., or varlen (with padding_free: flash attention's variable-length kernel "
         "over the packed samples, no T x T mask; CUDA, bf16/fp16; sdpa with the same boundaries elsewhere)."))
+    template_mismatch: str = field(default="error", metadata=_help(
+        "When our template renders the probe conversations differently from the model folder's own chat_template "
+        "(the one it is served with): error (stop, showing the first difference) or ok (train with ours anyway)."))
+    train_new_tokens: bool = field(default=False, metadata=_help(
+        "Allow a template whose control tokens are missing from the tokenizer's vocabulary: they are added with "
+        "new, randomly initialised embeddings, which are then trained (full fine-tuning trains them anyway; "
+        "LoRA/QLoRA also train and save the input embeddings and output head). Off: such a template is refused."))
     # --- data ------------------------------------------------------------------------------------------------------
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"], metadata=_help(
         "Training data: one or more JSONL/JSON/parquet files or folders (alpaca, OpenAI messages or ShareGPT)."))
@@ -68,6 +91,9 @@ class TrainArgs(TrainingArguments):
     score_max_new_tokens: int = field(default=0, metadata=_help(
         "Longest answer generated when scoring. 0: the longest reference answer's token count plus 4 (a longer "
         "answer cannot match, so an untrained model that never stops costs only that many tokens per prompt)."))
+    default_system: str | None = field(default=None, metadata=_help(
+        "System prompt the template injects into a conversation without one (templates that have one, e.g. qwen). "
+        "Omitted: the one of the model's own chat_template (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...')."))
     # --- method ----------------------------------------------------------------------------------------------------
     train_mode: str = field(default="lora", metadata=_help("full, lora or qlora (4-bit NF4 base + LoRA)."))
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
@@ -162,50 +188,92 @@ class TrainArgs(TrainingArguments):
             self.train_data_path = [self.train_data_path]
         if isinstance(self.eval_data_path, str):
             self.eval_data_path = [self.eval_data_path]
-        if self.train_mode not in TRAIN_MODES:
-            raise ValueError(f"train_mode must be one of {TRAIN_MODES}, got {self.train_mode!r}")
-        if self.use_dora and self.train_mode == "full":
-            raise ValueError("use_dora needs train_mode lora or qlora")
-        if self.factored_dora_norm and not self.use_dora:
-            raise ValueError("factored_dora_norm is a DoRA fast path: set use_dora true as well")
-        if self.train_on not in ("all", "last"):
-            raise ValueError(f"train_on must be 'all' or 'last', got {self.train_on!r}")
-        if self.special_text not in ("error", "keep"):
-            raise ValueError(f"special_text must be 'error' or 'keep', got {self.special_text!r}")
-        if self.invalid_records not in ("error", "skip"):
-            raise ValueError(f"invalid_records must be 'error' or 'skip', got {self.invalid_records!r}")
-        if self.attn_implementation == "varlen" and not self.padding_free:
-            raise ValueError("attn_implementation varlen needs padding_free true (it reads the packed samples' "
-                             "boundaries from the padding-free collator)")
-        if self.cuda_graphs and (not self.padding_free or self.attn_implementation != "varlen"):
-            raise ValueError("cuda_graphs needs padding_free true and attn_implementation varlen (a graph must run "
-                             "without host synchronisation, which the mask-building attention paths do)")
-        if self.cuda_graphs and self.fp16:
-            raise ValueError("cuda_graphs does not support fp16 loss scaling: use bf16")
+        problems = self.problems()
+        if problems:  # before TrainingArguments' own checks, so that every bad field of ours is reported at once
+            raise ConfigError(problems)
+        self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
         if self.cuda_graphs and self.activation_checkpointing and (self.train_mode == "full" or not self.lora_dropout):
             # Nothing random runs in a layer (no dropout), so the recompute needs no saved RNG state; reading the
             # CUDA RNG state inside a graph capture is refused by some torch versions.
             kwargs = self.activation_checkpointing_kwargs or {}
             kwargs = json.loads(kwargs) if isinstance(kwargs, str) else kwargs
             self.activation_checkpointing_kwargs = {"preserve_rng_state": False, **kwargs}
-        if self.micro_batch_max_tokens < 0 or (self.micro_batch_max_tokens and not self.padding_free):
-            raise ValueError(f"micro_batch_max_tokens must be >= 0 and needs padding_free true (pieces are packed "
-                             f"rows), got {self.micro_batch_max_tokens} with padding_free {self.padding_free}")
-        if self.memory_budget_gb < 0 or (self.memory_budget_gb and not self.padding_free):
-            raise ValueError(f"memory_budget_gb must be >= 0 and needs padding_free true (it chooses micro_batch_"
-                             f"max_tokens), got {self.memory_budget_gb} with padding_free {self.padding_free}")
         if self.cuda_graphs and (self.accelerator_config is None or isinstance(self.accelerator_config, dict)):
             # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
             # with the queued step, so the host would collate the next batch while the GPU sits idle.
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
-        if self.cuda_graph_bucket < 1:
-            raise ValueError(f"cuda_graph_bucket must be >= 1, got {self.cuda_graph_bucket}")
-        if self.score_samples < 1 or self.score_max_new_tokens < 0:
-            raise ValueError(f"score_samples must be >= 1 and score_max_new_tokens >= 0, got {self.score_samples} "
-                             f"and {self.score_max_new_tokens}")
-        if not 0.0 <= self.eval_ratio < 1.0:
-            raise ValueError(f"eval_ratio must be in [0, 1), got {self.eval_ratio}")
         super().__post_init__()
+
+    def problems(self) -> list[str]:
+        """'field: what is wrong' for every field that breaks a rule of FIELD_RULES (no file is read)."""
+        found = []
+        for name, valid, rule in FIELD_RULES:
+            try:
+                ok = valid(self)
+            except TypeError:  # e.g. None where a number is expected
+                ok = False
+            if not ok:
+                found.append(f"{name}: {rule}, got {getattr(self, name)!r}")
+        return found
+
+
+def _lora(a) -> bool:
+    return a.train_mode in ("lora", "qlora")
+
+
+def _valid_init(value) -> bool:
+    return str(value).lower() in INIT_LORA_WEIGHTS or re.fullmatch(r"pissa_niter_\d+", str(value)) is not None
+
+
+# (field, when its value is valid, the rule in words). Checked together before anything is read or written, so
+# that a run never stops on a bad value after writing its folder, and a user sees every bad field at once.
+FIELD_RULES = (
+    ("train_mode", lambda a: a.train_mode in TRAIN_MODES, f"must be one of {', '.join(TRAIN_MODES)}"),
+    ("torch_dtype", lambda a: a.torch_dtype in TORCH_DTYPES, f"must be one of {', '.join(TORCH_DTYPES)}"),
+    ("max_len", lambda a: a.max_len >= 1, "must be >= 1 (tokens per sample)"),
+    ("eval_ratio", lambda a: 0.0 <= a.eval_ratio < 1.0, "must be in [0, 1)"),
+    ("score_samples", lambda a: a.score_samples >= 1, "must be >= 1"),
+    ("score_max_new_tokens", lambda a: a.score_max_new_tokens >= 0, "must be >= 0 (0: sized from the references)"),
+    ("train_on", lambda a: a.train_on in ("all", "last"), "must be all or last"),
+    ("special_text", lambda a: a.special_text in ("error", "keep"), "must be error or keep"),
+    ("invalid_records", lambda a: a.invalid_records in ("error", "skip"), "must be error or skip"),
+    ("template_mismatch", lambda a: a.template_mismatch in ("error", "ok"), "must be error or ok"),
+    ("lora_rank", lambda a: not _lora(a) or a.lora_rank >= 1, "must be >= 1"),
+    ("lora_alpha", lambda a: not _lora(a) or a.lora_alpha > 0, "must be > 0 (the update is scaled by alpha/r)"),
+    ("lora_dropout", lambda a: 0.0 <= a.lora_dropout < 1.0, "must be in [0, 1)"),
+    ("lora_target_modules", lambda a: a.lora_target_modules is None or (
+        len(a.lora_target_modules) > 0 and all(a.lora_target_modules)), "must name modules (or be omitted)"),
+    ("init_lora_weights", lambda a: _valid_init(a.init_lora_weights),
+     "must be default, gaussian, pissa, pissa_niter_N, olora, orthogonal, mica, true or false"),
+    ("loraplus_lr_ratio", lambda a: a.loraplus_lr_ratio is None or (a.loraplus_lr_ratio > 0 and _lora(a)),
+     "must be > 0, with train_mode lora or qlora (it sets the learning rate of LoRA's B)"),
+    ("use_dora", lambda a: not a.use_dora or _lora(a), "needs train_mode lora or qlora"),
+    ("factored_dora_norm", lambda a: not a.factored_dora_norm or a.use_dora,
+     "is a DoRA fast path: set use_dora true as well"),
+    ("attn_implementation", lambda a: a.attn_implementation != "varlen" or a.padding_free,
+     "varlen needs padding_free true (it reads the packed samples' boundaries from the padding-free collator)"),
+    ("cuda_graphs", lambda a: not a.cuda_graphs or (a.padding_free and a.attn_implementation == "varlen"),
+     "needs padding_free true and attn_implementation varlen (a graph must run without host synchronisation, "
+     "which the mask-building attention paths do)"),
+    ("fp16", lambda a: not (a.cuda_graphs and a.fp16), "cuda_graphs does not support fp16 loss scaling: use bf16"),
+    ("cuda_graph_bucket", lambda a: a.cuda_graph_bucket >= 1, "must be >= 1"),
+    ("micro_batch_max_tokens", lambda a: a.micro_batch_max_tokens == 0 or (
+        a.micro_batch_max_tokens > 0 and a.padding_free), "must be >= 0 and needs padding_free true (pieces are "
+     "packed rows)"),
+    ("memory_budget_gb", lambda a: a.memory_budget_gb == 0 or (a.memory_budget_gb > 0 and a.padding_free),
+     "must be >= 0 and needs padding_free true (it chooses micro_batch_max_tokens)"),
+    ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
+    ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
+    ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),
+    ("gradient_accumulation_steps", lambda a: a.gradient_accumulation_steps >= 1, "must be >= 1"),
+    ("num_train_epochs", lambda a: a.max_steps > 0 or a.num_train_epochs > 0, "must be > 0 (or set max_steps)"),
+    ("warmup_steps", lambda a: a.warmup_steps >= 0, "must be >= 0"),
+    ("weight_decay", lambda a: a.weight_decay >= 0, "must be >= 0"),
+    ("max_grad_norm", lambda a: a.max_grad_norm >= 0, "must be >= 0 (0: no clipping)"),
+    ("logging_steps", lambda a: a.logging_steps > 0, "must be > 0"),
+    ("save_steps", lambda a: a.save_steps > 0, "must be > 0"),
+    ("save_total_limit", lambda a: a.save_total_limit is None or a.save_total_limit >= 1, "must be >= 1 (or None)"),
+)
 
 
 @dataclass

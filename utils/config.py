@@ -9,19 +9,17 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from transformers import HfArgumentParser
 
-from train_args.base import TrainArgs
+from train_args.base import ConfigError, TrainArgs
 
 TRAIN_ARGS_DIR = Path(__file__).resolve().parent.parent / "train_args"
 DEFAULT_CONFIG = "default"
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def resolve_config_path(name_or_path: str) -> Path:
@@ -80,7 +78,9 @@ def config_defaults(path: Path) -> dict:
     return values
 
 
-def parse_args(argv: list[str] | None = None) -> TrainArgs:
+def parse_args(argv: list[str] | None = None, check_files: bool = False) -> TrainArgs:
+    """check_files: also check what the fields point to (model and tokenizer folders, data files, output_dir, LoRA
+    target modules) before anything is loaded or written. Every bad field is reported in one ConfigError."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # No config named: the default run, unless a model is named (then TrainArgs' own defaults, so the default
     # run's Etude-specific settings never leak into a run on another model).
@@ -93,5 +93,110 @@ def parse_args(argv: list[str] | None = None) -> TrainArgs:
     defaults = config_defaults(resolve_config_path(config)) if config else {}
     # argparse wants list-valued defaults as lists and dict ones as JSON strings, as on the command line
     parser.set_defaults(**{k: (json.dumps(v) if isinstance(v, dict) else v) for k, v in defaults.items()})
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    namespace, unknown = parser.parse_known_args(args=argv)
+    if unknown:
+        raise ConfigError(f"unknown argument(s) {' '.join(unknown)} (see python main_train.py --help)")
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(TrainArgs) if f.init}
+    problems = file_problems(SimpleNamespace(**values)) if check_files else []
+    try:
+        args = TrainArgs(**values)
+    except ConfigError as err:
+        raise ConfigError(err.problems + problems) from None
+    if problems:
+        raise ConfigError(problems)
     return args
+
+
+# --- what the fields point to -----------------------------------------------------------------------------------
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# module types peft can adapt (a name matching anything else, e.g. a whole decoder layer, is refused by peft)
+ADAPTABLE = ("Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D", "MultiheadAttention")
+
+
+def file_problems(a) -> list[str]:
+    """'field: what is wrong' for fields naming what does not exist or cannot be used. Reads folders and the
+    model's config.json only; nothing is loaded or written."""
+    model = source_problems("model_name_or_path", a.model_name_or_path, MODEL_FILES)
+    problems = model + (source_problems("tokenizer_name_or_path", a.tokenizer_name_or_path, TOKENIZER_FILES)
+                        if a.tokenizer_name_or_path else [])
+    for name in ("train_data_path", "eval_data_path", "score_data_path"):
+        paths = getattr(a, name) or []
+        problems += [f"{name}: {p} does not exist" for p in ([paths] if isinstance(paths, str) else paths)
+                     if not Path(p).exists()]
+    problems += output_dir_problems(a.output_dir)
+    if not model and a.train_mode in ("lora", "qlora") and a.lora_target_modules:
+        problems += target_module_problems(a)
+    return problems
+
+
+def source_problems(field: str, value: str, marker_files: tuple[str, ...]) -> list[str]:
+    """A local folder holding one of marker_files, an Etude preset, or a hub id that is cached or downloadable."""
+    import etude_model
+    if value in etude_model.PRESETS:
+        return []
+    path = Path(value).expanduser()
+    if path.is_dir():
+        if any((path / f).is_file() for f in marker_files):
+            return []
+        return [f"{field}: folder {value} has no {' or '.join(marker_files)}"]
+    if path.exists() or value.startswith((".", "/", "~")) or value.count("/") > 1:
+        return [f"{field}: no folder {value}"]
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    try:
+        if isinstance(try_to_load_from_cache(value, marker_files[0]), str):
+            return []
+    except HFValidationError:  # not a hub id either
+        return [f"{field}: no folder {value}"]
+    local = f"no folder {value}, and as a hub id it"
+    if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return [f"{field}: {local} cannot be downloaded offline (HF_HUB_OFFLINE): set --{field} to a local folder"]
+    try:  # one short request instead of the loaders' retries, which take a minute to fail without a network
+        model_info(value, timeout=10)
+    except GatedRepoError:
+        return [f"{field}: {local} is gated: accept its terms on the hub and log in (hf auth login), or set "
+                f"--{field} to a local folder"]
+    except RepositoryNotFoundError:
+        return [f"{field}: {local} names no model on the hub"]
+    except Exception as err:  # no network, gated model, ...: the loader would fail the same way, later
+        return [f"{field}: {local} cannot be downloaded ({type(err).__name__}: {err}); set --{field} to a local "
+                "folder"]
+    return []
+
+
+def output_dir_problems(output_dir: str | None) -> list[str]:
+    """output_dir must be a folder that exists or can be created, and be writable."""
+    if output_dir is None:
+        return []
+    out = Path(output_dir)
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return [f"output_dir: {existing} is a file, so {out} cannot be a folder"]
+    if not os.access(existing, os.W_OK | os.X_OK):  # also false on a read-only file system, even for root
+        return [f"output_dir: {existing} is not writable"]
+    return []
+
+
+def target_module_problems(a) -> list[str]:
+    """Every name in lora_target_modules must match an adaptable module of the model (built on the meta device
+    from its config: no weights are read), by peft's rule: the module's name is the target or ends in '.target'."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import etude_model
+    if a.model_name_or_path in etude_model.PRESETS:
+        config = etude_model.make_config(a.model_name_or_path)
+    else:
+        config = AutoConfig.from_pretrained(a.model_name_or_path, trust_remote_code=a.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
+    names = [n for n, m in model.named_modules() if type(m).__name__ in ADAPTABLE]
+    unknown = [t for t in a.lora_target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if not unknown:
+        return []
+    known = sorted({n.rsplit(".", 1)[-1] for n in names})
+    return [f"lora_target_modules: {', '.join(map(repr, unknown))} names no adaptable module of "
+            f"{type(model).__name__} (its modules: {', '.join(known)})"]

@@ -4,6 +4,11 @@ Three record shapes, detected per file from its first record:
   alpaca    {"instruction", "input"?, "output", "system"?, "history"?: [[q, a], ...]}   (LLM-Dojo's seed format)
   messages  {"messages": [{"role", "content"}, ...]}                                     (OpenAI)
   sharegpt  {"conversations": [{"from", "value"}, ...], "system"?}
+OpenAI and ShareGPT records may carry tool calling: a top-level "tools" list of function schemas (ShareGPT files
+store it as JSON text), assistant "tool_calls" (ShareGPT: "function_call" turns holding the call as JSON text) and
+tool results (role "tool"; ShareGPT: "observation"). Calls become {"type": "function", "function": {"name",
+"arguments": object}} and schemas {"type": "function", "function": {...}}, the shapes serving stacks hand the
+official templates.
 Every record becomes an OpenAI-style message list. Records are validated here, line by line, so a bad record is
 reported as file:line and field before anything is written; `datasets` then holds and maps the clean records.
 """
@@ -29,24 +34,65 @@ class DataError(ValueError):
 class Conversation:
     messages: list[dict]
     source: str  # "file:line" (JSONL) or "file:item N" (JSON array, parquet)
+    tools: list[dict] | None = None  # function schemas the template writes into the prompt
+
+
+def _parse_json(text: str, where: str, field: str | None = None):
+    """json.loads with the error (bad syntax, or nesting too deep for Python's recursion limit) as a DataError."""
+    what = f"field '{field}' is not valid JSON" if field else "invalid JSON"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: {what}: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: {what}: nested too deeply") from None
+
+
+def _not_utf8(where: str, why: str) -> DataError:
+    return DataError(f"{where}: not UTF-8 text ({why}); data files must be UTF-8 (re-save it as UTF-8, e.g. "
+                     "`iconv -f UTF-16 -t UTF-8`)")
+
+
+def _decode(raw: bytes, where: str, first: bool) -> str:
+    """A line as text. NUL bytes are valid UTF-8 but never occur in JSON text: UTF-16 (without a BOM) or binary."""
+    try:
+        text = raw.decode("utf-8-sig" if first else "utf-8")  # a BOM may open the file
+    except UnicodeDecodeError as err:
+        raise _not_utf8(where, f"{err.reason} at byte {err.start}") from None
+    if "\0" in text:
+        raise _not_utf8(where, "a NUL byte: UTF-16 or binary")
+    return text
+
+
+def _jsonl_records(path: Path):
+    """Lines are decoded one by one, so an encoding error names its line; a bad JSON line is yielded as its
+    DataError, so that invalid_records="skip" can drop it and read on."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            line = _decode(raw, where, first=lineno == 1)
+            if not line.strip():
+                continue
+            try:
+                record = _parse_json(line, where)
+            except DataError as err:
+                record = err
+            yield where, record
 
 
 def _records(path: Path):
-    """Yield (location, record) pairs with a location a person can open the file at."""
+    """Yield (location, record) pairs with a location a person can open the file at (record: a DataError for a
+    line that is not JSON)."""
     if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{lineno}", json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+        yield from _jsonl_records(path)
     elif path.suffix == ".json":
+        text = _decode(path.read_bytes(), str(path), first=True)
         try:
-            items = json.loads(path.read_text(encoding="utf-8"))
+            items = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}:{err.lineno}: invalid JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}: invalid JSON: nested too deeply") from None
         if not isinstance(items, list):
             raise DataError(f"{path}:1: a .json data file must hold a list of records")
         for i, item in enumerate(items):
@@ -98,6 +144,83 @@ def _from_alpaca(r: dict, where: str) -> list[dict]:
     return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
 
 
+def _json_value(value, where: str, field: str):
+    """A field that holds JSON as a value or as JSON text (ShareGPT files keep tools and calls as text)."""
+    return _parse_json(value, where, field) if isinstance(value, str) else value
+
+
+def _tool_call(call, where: str, field: str) -> dict:
+    """One call as {"type": "function", "function": {"name", "arguments": object}}. OpenAI's arguments are JSON
+    text; serving stacks parse them before rendering (Qwen2.5's template writes `arguments | tojson`), so do we."""
+    if not isinstance(call, dict):
+        raise DataError(f"{where}: field '{field}' must be an object with 'name' and 'arguments'")
+    if "function" in call:  # OpenAI nests the call; a bare {"name", "arguments"} is accepted too
+        function, field = call["function"], f"{field}.function"
+        if not isinstance(function, dict):
+            raise DataError(f"{where}: field '{field}' must be an object with 'name' and 'arguments'")
+    else:
+        function = call
+    name = _text(function, "name", where, f"{field}.name")
+    if "arguments" not in function:
+        raise DataError(f"{where}: field '{field}.arguments' is missing")
+    arguments = _json_value(function["arguments"], where, f"{field}.arguments")
+    if not isinstance(arguments, dict):
+        raise DataError(f"{where}: field '{field}.arguments' must be a JSON object, got {type(arguments).__name__}")
+    result = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        result["id"] = call["id"]
+    return result
+
+
+def _tool_calls(calls, where: str, field: str) -> list[dict]:
+    if isinstance(calls, dict):  # a ShareGPT function_call holds one call, or a list of them
+        return [_tool_call(calls, where, field)]
+    if not isinstance(calls, list) or not calls:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of tool calls")
+    return [_tool_call(call, where, f"{field}[{i}]") for i, call in enumerate(calls)]
+
+
+def _tools(record: dict, where: str) -> list[dict] | None:
+    """The record's function schemas as {"type": "function", "function": {...}} (a bare schema gets wrapped)."""
+    if record.get("tools") in (None, ""):
+        return None
+    tools = _json_value(record["tools"], where, "tools")
+    if not isinstance(tools, list):
+        raise DataError(f"{where}: field 'tools' must be a list of function schemas, got {type(tools).__name__}")
+    wrapped = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise DataError(f"{where}: field 'tools[{i}]' must be a function schema with a 'name' (bare, or "
+                            f"under 'function')")
+        wrapped.append({"type": "function", **tool} if "function" in tool else {"type": "function", "function": tool})
+    return wrapped or None
+
+
+def _message(turn: dict, where: str, field: str, role: str, text_key: str, sharegpt_call: bool) -> dict:
+    # A turn that only calls gets content "" (OpenAI writes null): transformers drops None-valued keys before
+    # rendering, and Qwen3's official template fails on the missing key; Qwen2.5's renders "" and null alike.
+    if sharegpt_call:  # ShareGPT "function_call": the value is the call itself, as JSON text
+        text = _text(turn, text_key, where, f"{field}.{text_key}")
+        return {"role": role, "content": "",
+                "tool_calls": _tool_calls(_json_value(text, where, f"{field}.{text_key}"), where,
+                                          f"{field}.{text_key}")}
+    calls = turn.get("tool_calls")
+    if calls is not None and role != "assistant":
+        raise DataError(f"{where}: field '{field}.tool_calls': only assistant turns make tool calls")
+    # an assistant turn may be empty (it still teaches the end-of-turn token), or null beside tool calls
+    content = _text(turn, text_key, where, f"{field}.{text_key}", required=calls is None,
+                    allow_empty=role == "assistant")
+    message = {"role": role, "content": "" if content is None else content}
+    if calls is not None:
+        message["tool_calls"] = _tool_calls(calls, where, f"{field}.tool_calls")
+    for key in ("reasoning_content",) + (("name", "tool_call_id") if role == "tool" else ()):
+        value = _text(turn, key, where, f"{field}.{key}", required=False, allow_empty=True)
+        if value is not None:
+            message[key] = value
+    return message
+
+
 def _from_turns(turns, where: str, list_key: str, role_key: str, text_key: str, roles: dict) -> list[dict]:
     if not isinstance(turns, list) or not turns:
         raise DataError(f"{where}: field '{list_key}' must be a non-empty list")
@@ -110,14 +233,7 @@ def _from_turns(turns, where: str, list_key: str, role_key: str, text_key: str, 
         if role not in roles:
             raise DataError(f"{where}: field '{field}.{role_key}' has unknown role {role!r} "
                             f"(known: {', '.join(roles)})")
-        # an assistant turn may be empty (it still teaches the end-of-turn token); nothing else may
-        content = _text(turn, text_key, where, f"{field}.{text_key}", allow_empty=roles[role] == "assistant")
-        message = {"role": roles[role], "content": content}
-        reasoning = _text(turn, "reasoning_content", where, f"{field}.reasoning_content", required=False,
-                          allow_empty=True)
-        if reasoning is not None:
-            message["reasoning_content"] = reasoning
-        messages.append(message)
+        messages.append(_message(turn, where, field, roles[role], text_key, sharegpt_call=role == "function_call"))
     return messages
 
 
@@ -131,6 +247,8 @@ def _check_order(messages: list[dict], where: str) -> None:
         if cur["role"] == "system" or cur["role"] not in ok[prev["role"]]:
             raise DataError(f"{where}: field 'role': broken alternation, {prev['role']!r} followed by "
                             f"{cur['role']!r}")
+        if cur["role"] == "tool" and prev["role"] == "assistant" and not prev.get("tool_calls"):
+            raise DataError(f"{where}: field 'role': a tool result must follow an assistant turn with tool calls")
     if body[-1]["role"] != "assistant":
         raise DataError(f"{where}: field 'role': the last turn must be the assistant's (nothing to learn otherwise)")
 
@@ -171,8 +289,9 @@ def data_files(paths: list[str]) -> list[Path]:
 def load_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
     """Every record of every file, validated and converted to messages.
 
-    invalid_records="error" stops at the first bad record; "skip" drops bad records (not unreadable files) and
-    appends their errors to `skipped`, for scraped data sets where a few broken records are expected."""
+    invalid_records="error" stops at the first bad record; "skip" drops bad records (invalid JSON lines included;
+    not unreadable files) and appends their errors to `skipped`, for scraped data sets where a few broken records
+    are expected."""
     if invalid_records not in ("error", "skip"):
         raise ValueError(f"invalid_records must be 'error' or 'skip', got {invalid_records!r}")
     conversations = []
@@ -180,8 +299,11 @@ def load_conversations(paths, invalid_records: str = "error", skipped: list | No
         fmt = None
         for where, record in _records(path):
             try:
+                if isinstance(record, DataError):  # a line that is not JSON
+                    raise record
                 fmt = fmt or detect_format(record, where)
-                conversations.append(Conversation(to_messages(record, where, fmt), where))
+                messages = to_messages(record, where, fmt)
+                conversations.append(Conversation(messages, where, _tools(record, where)))
             except DataError as err:
                 if invalid_records == "error":
                     raise
@@ -200,41 +322,68 @@ class EncodeSummary:
     max_len: int
     supervised_tokens: int
     tokens: int
+    skipped_invalid: int = 0  # records the template refused (invalid_records=skip)
 
     def __str__(self):
         text = (f"{self.kept} of {self.total} samples, {self.tokens} tokens, {self.supervised_tokens} supervised")
         if self.dropped_no_supervision:
             text += (f"; dropped {self.dropped_no_supervision} of {self.total}: no assistant tokens left after "
                      f"truncation to {self.max_len}")
+        if self.skipped_invalid:
+            text += f"; skipped {self.skipped_invalid} of {self.total} invalid (invalid_records=skip)"
         return text
 
 
+def check_tool_support(conversations: list[Conversation], template_name: str, tokenizer) -> None:
+    """Tool data on a template without tool rendering is a setup error, not a bad record: never skipped."""
+    for c in conversations:
+        try:
+            chat_template.check_tools(c.messages, c.tools, template_name, tokenizer)
+        except chat_template.ChatFormatError as err:
+            raise DataError(f"{c.source}: {err}") from None
+
+
 def encode_conversations(conversations: list[Conversation], tokenizer, template_name: str, max_len: int,
-                         train_on: str = "all", special_text: str = "error"):
+                         train_on: str = "all", special_text: str = "error", invalid_records: str = "error",
+                         skipped: list | None = None):
     """A `datasets.Dataset` of input_ids/labels, and a summary. Samples left with no supervised token are dropped:
-    an all-masked sample adds nothing but a loss of 0 that looks like success."""
+    an all-masked sample adds nothing but a loss of 0 that looks like success. A conversation the template
+    refuses (e.g. special-token text in content) stops the run, or with invalid_records="skip" is dropped, counted
+    and its error appended to `skipped`."""
     import datasets
+
+    check_tool_support(conversations, template_name, tokenizer)
 
     def encode_row(row):
         try:
             enc = chat_template.encode(json.loads(row["messages"]), tokenizer, template_name, max_len=max_len,
-                                       train_on=train_on, special_text=special_text)
+                                       train_on=train_on, special_text=special_text, tools=json.loads(row["tools"]))
         except chat_template.ChatFormatError as err:
-            raise DataError(f"{row['source']}: {err}") from None
+            if invalid_records != "skip":
+                raise DataError(f"{row['source']}: {err}") from None
+            return {"input_ids": [], "labels": [], "n_supervised": -1, "error": f"{row['source']}: {err}"}
         enc["n_supervised"] = sum(label != chat_template.IGNORE_INDEX for label in enc["labels"])
-        return enc
+        return {**enc, "error": ""}
 
-    # messages travel as JSON text: Arrow would otherwise unify optional keys across records
+    # messages and tools travel as JSON text: Arrow would otherwise unify optional keys across records
     raw = datasets.Dataset.from_dict({"messages": [json.dumps(c.messages, ensure_ascii=False) for c in conversations],
+                                      "tools": [json.dumps(c.tools, ensure_ascii=False) for c in conversations],
                                       "source": [c.source for c in conversations]})
-    encoded = raw.map(encode_row, remove_columns=["messages", "source"], desc="encode")
+    ids = datasets.Sequence(datasets.Value("int64"))  # stated: a batch of skipped (empty) rows has no type to infer
+    features = datasets.Features({"input_ids": ids, "labels": ids, "n_supervised": datasets.Value("int64"),
+                                  "error": datasets.Value("string")})
+    encoded = raw.map(encode_row, remove_columns=raw.column_names, features=features, desc="encode")
+    errors = [e for e in encoded["error"] if e]
+    if skipped is not None:
+        skipped += errors
     kept = encoded.filter(lambda n: n > 0, input_columns="n_supervised", desc="drop unsupervised")
     summary = EncodeSummary(
-        total=len(encoded), kept=len(kept), dropped_no_supervision=len(encoded) - len(kept), max_len=max_len,
-        supervised_tokens=sum(kept["n_supervised"]), tokens=sum(map(len, kept["input_ids"])))
+        total=len(encoded), kept=len(kept), dropped_no_supervision=len(encoded) - len(kept) - len(errors),
+        max_len=max_len, supervised_tokens=sum(kept["n_supervised"]), tokens=sum(map(len, kept["input_ids"])),
+        skipped_invalid=len(errors))
     if not len(kept):
         raise DataError(f"no usable samples: {summary}")
-    return kept.remove_columns("n_supervised"), summary
+    return kept.remove_columns(["n_supervised", "error"]), summary
 
 
 def split_eval(dataset, eval_ratio: float, seed: int):
@@ -263,10 +412,10 @@ def show_sample(input_ids, labels, tokenizer) -> str:
 
 def build_datasets(args, tokenizer, template_name: str, log=print):
     """(train, eval or None, score conversations or None) for a run, with a summary and one marked sample logged."""
-    encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
-                  special_text=args.special_text)
     skipped = []
     read = dict(invalid_records=args.invalid_records, skipped=skipped)
+    encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len, train_on=args.train_on,
+                  special_text=args.special_text, **read)
     train_set, summary = encode_conversations(load_conversations(args.train_data_path, **read), **encode)
     log(f"train data: {summary}")
     if args.eval_data_path:
@@ -277,6 +426,7 @@ def build_datasets(args, tokenizer, template_name: str, log=print):
     score_set = None
     if args.score_data_path:
         score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
+        check_tool_support(score_set, template_name, tokenizer)
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],

@@ -1,5 +1,8 @@
-"""Cross-entropy over the vocabulary without materialising the logits: `chunked_loss: true`.
+"""The training loss of a causal LM, in one place: `causal_lm_loss`, which every training path calls (SFT's plain
+path and chunked_loss, pretraining's plain loop and --fused_ce). It adds every auxiliary term the model adds to its
+own loss (an MoE model's load-balancing loss), so no fast path can drop one.
 
+Backend "chunked" (`chunked_loss: true`): cross-entropy over the vocabulary without materialising the logits.
 A 152k-word vocabulary makes the logits the largest tensor of a small model's step: 4,400 tokens x 152k words is
 1.3 GB in bf16, and the plain loss adds an fp32 copy and an fp32 log-softmax (~8 GB with its gradient). Here the
 output head and the loss run on a chunk of tokens at a time, and each chunk's gradient is computed right away (the
@@ -60,8 +63,11 @@ def check_model(config) -> None:
         raise ValueError(f"chunked_loss reproduces the loss of models whose logits are the output head's "
                          f"({', '.join(MODEL_TYPES)}); {config.model_type!r} is not among them: set chunked_loss false")
     if getattr(config, "output_router_logits", False):
-        raise ValueError("chunked_loss leaves out the router's load-balancing loss that output_router_logits adds: "
-                         "set chunked_loss false, or output_router_logits false in the model's config")
+        # transformers' MoE models compute their router loss in the causal-LM forward, from router logits the
+        # decoder returns only per layer: the decoder's output that chunked_loss reads carries no aux_loss.
+        raise ValueError("chunked_loss cannot add the router load-balancing loss that output_router_logits adds to "
+                         "this transformers MoE model's loss: set chunked_loss false (the model's own loss adds it), "
+                         "or output_router_logits false in the model's config")
 
 
 def head_softcap(config) -> float | None:
@@ -121,15 +127,20 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None, None, None, None, None
 
 
-def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor,
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """HF-convention labels (aligned with input_ids) shifted so that position t holds the label of token t+1."""
+    return torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
+def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: torch.Tensor | None,
                            num_items_in_batch: torch.Tensor | int | None = None,
-                           softcap: float | None = None) -> torch.Tensor:
+                           softcap: float | None = None, shift_labels: torch.Tensor | None = None) -> torch.Tensor:
     """transformers' causal-LM loss (token t predicts label t+1, summed over supervised tokens and divided by
     num_items_in_batch, else their count) from the last hidden states [B, T, h] and the output head (its logits
-    soft-capped at `softcap` first, as Gemma 2/3 do)."""
+    soft-capped at `softcap` first, as Gemma 2/3 do). shift_labels: labels already shifted, instead of labels."""
     if head.bias is not None:
         raise ValueError("chunked_loss supports output heads without bias")
-    labels = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
+    labels = (next_token_labels(labels) if shift_labels is None else shift_labels).reshape(-1)
     hidden = hidden.reshape(-1, hidden.shape[-1])
     if num_items_in_batch is None:
         num_items_in_batch = (labels != IGNORE_INDEX).sum()
@@ -137,3 +148,67 @@ def chunked_causal_lm_loss(hidden: torch.Tensor, head: torch.nn.Linear, labels: 
     chunk = chunk_tokens(head.weight.shape[0], torch.finfo(compute_dtype(hidden)).bits // 8)
     differentiable = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
     return ChunkedLinearCrossEntropy.apply(hidden, head.weight, labels, num_items, chunk, differentiable, softcap)
+
+
+# --------------------------------------------------------------------------- the one loss seam
+
+BACKENDS = ("model", "chunked", "liger")
+
+
+def causal_lm_loss(model, inputs: dict, labels: torch.Tensor | None = None,
+                   num_items: torch.Tensor | int | None = None, backend: str = "model",
+                   shift_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of a causal LM: next-token cross-entropy by `backend`, plus every auxiliary term the model
+    adds to its own loss (the MoE load-balancing loss). Every training path calls this.
+
+    inputs: the model's inputs without labels. labels: aligned with input_ids (HF convention, shifted here), or
+    shift_labels: already shifted (pretraining's windows). num_items: the summed cross-entropy is divided by it (the
+    Trainer's supervised-token count of the whole accumulation window); None: the mean over supervised tokens.
+    Backends: "model", the model's forward computes its own loss (its auxiliary terms included); "chunked", the
+    decoder's last hidden states through chunked_causal_lm_loss (the logits never exist); "liger", the model's
+    logits through liger-kernel's cross-entropy kernel on CUDA (torch's elsewhere: the same math).
+    Nothing here reads a value back to the host: CUDA graphs capture the chunked path."""
+    if backend == "model":
+        extra = {"labels": labels, "shift_labels": shift_labels, "num_items_in_batch": num_items}
+        return model(**inputs, **{k: v for k, v in extra.items() if v is not None}).loss
+    if shift_labels is None:
+        shift_labels = next_token_labels(labels)
+    if backend == "chunked":
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # past peft's wrapper
+        check_model(causal_lm.config)  # a model whose loss the decoder's output cannot give is refused
+        out = causal_lm.get_decoder()(**inputs)
+        loss = chunked_causal_lm_loss(out.last_hidden_state, causal_lm.get_output_embeddings(), None, num_items,
+                                      head_softcap(causal_lm.config), shift_labels=shift_labels)
+        return with_auxiliary_loss(loss, causal_lm.config, out)
+    if backend == "liger":
+        out = model(**inputs)
+        cross_entropy = logits_cross_entropy(out.logits.device)
+        return with_auxiliary_loss(cross_entropy(out.logits, shift_labels, num_items), model.config, out)
+    raise ValueError(f"loss backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def with_auxiliary_loss(loss: torch.Tensor, config, output) -> torch.Tensor:
+    """The language-modelling loss plus the terms the model adds to it, read from its own or its decoder's output:
+    the MoE load-balancing loss (Etude's decoder returns it as aux_loss; transformers' MoE models return it from the
+    causal-LM forward when output_router_logits is on) times router_aux_loss_coef. The loss itself for a model
+    without them."""
+    aux, coef = getattr(output, "aux_loss", None), getattr(config, "router_aux_loss_coef", 0.0)
+    return loss + coef * aux if aux is not None and coef else loss
+
+
+def logits_cross_entropy(device: torch.device):
+    """The "liger" backend's cross-entropy: (logits [B, T, V], shift_labels [B, T], num_items) -> loss. On CUDA
+    liger-kernel's kernel, which writes the logits' gradient over the logits in the forward (no fp32 copy, no
+    second pass in the backward); elsewhere torch's, computed as the models' own loss is (fp32 logits)."""
+    if device.type == "cuda":
+        from liger_kernel.transformers.functional import liger_cross_entropy as cross_entropy
+    else:
+        def cross_entropy(logits, target, ignore_index, reduction):
+            return torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=ignore_index,
+                                                     reduction=reduction)
+
+    def loss(logits, shift_labels, num_items=None):
+        value = cross_entropy(logits.flatten(0, -2), shift_labels.flatten(), ignore_index=IGNORE_INDEX,
+                              reduction="mean" if num_items is None else "sum")
+        return value if num_items is None else value / torch.as_tensor(num_items, device=value.device)
+    return loss

@@ -79,10 +79,21 @@ def build_peft_config(args) -> LoraConfig:
         use_dora=args.use_dora, use_rslora=args.use_rslora, init_lora_weights=init)
 
 
+def embedding_module_names(model) -> list[str]:
+    """Names (last part) of the input embedding and output head modules, for LoRA's modules_to_save."""
+    wanted = [model.get_input_embeddings(), model.get_output_embeddings()]
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if any(module is w for w in wanted)))
+
+
 def apply_peft(model, args):
     if args.train_mode == "full":
         return model
-    model = get_peft_model(model, build_peft_config(args))
+    config = build_peft_config(args)
+    if args.train_new_tokens:  # control tokens were added (utils/tokenizer.py): their new rows must learn
+        config.modules_to_save = embedding_module_names(model)
+        config.ensure_weight_tying = bool(getattr(model.config, "tie_word_embeddings", False))
+    model = get_peft_model(model, config)
     if args.factored_dora_norm:
         use_factored_dora_norm(model)
     return model

@@ -1,16 +1,20 @@
 """Write the result of a run so plain transformers/peft load it and `generate` stops at the end of a turn."""
 from __future__ import annotations
 
+import hashlib
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import GenerationConfig
 
 import chat_template
 
 ADAPTER_FILE = "adapter_model.safetensors"
+FINGERPRINT_ROWS = 64  # rows of each tensor that enter a base's fingerprint
 
 
 def build_generation_config(model, tokenizer, template_name: str) -> GenerationConfig:
@@ -50,8 +54,37 @@ def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
     tokenizer.save_pretrained(out)
     build_generation_config(trainer.model, tokenizer, template_name).save_pretrained(out)
     with open(out / "dojo_run.json", "w", encoding="utf-8") as f:
-        json.dump({"template_name": template_name, "train_mode": args.train_mode,
-                   "base_model": args.model_name_or_path, "stage": "sft"}, f, indent=2)
+        json.dump({"template_name": template_name, "template": chat_template.describe(tokenizer, template_name),
+                   "train_mode": args.train_mode,
+                   "base_model": args.model_name_or_path, "stage": "sft",
+                   "base_fingerprint": base_fingerprint(args.model_name_or_path)}, f, indent=2)
+
+
+def base_fingerprint(model_path: str) -> dict | None:
+    """The identity of a base model folder, which utils/merge_lora.py checks before merging an adapter into a base:
+    sha256 over every tensor's name, shape and first FINGERPRINT_ROWS rows (floats as float32, so a bf16 base saved
+    again in fp32 keeps its fingerprint), read by name from the folder's safetensors files. From the files, not the
+    loaded model: the same for every train_mode (QLoRA's 4-bit copy is never hashed) and for the 16-bit base at
+    merge time, and independent of how the weights are sharded. None without safetensors files (an Etude preset, a
+    hub id, .bin weights): nothing to compare."""
+    folder = Path(model_path)
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(f), framework="pt")) for f in files]
+        where = {name: h for h in handles for name in h.keys()}
+        for name in sorted(where):
+            part = where[name].get_slice(name)
+            shape = part.get_shape()
+            rows = part[:FINGERPRINT_ROWS] if shape else where[name].get_tensor(name)
+            rows = rows.float() if rows.is_floating_point() else rows
+            digest.update(f"{name}{shape}".encode())
+            digest.update(rows.contiguous().numpy().tobytes())
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type") \
+        if (folder / "config.json").is_file() else None
+    return {"sha256": digest.hexdigest(), "tensors": len(where), "model_type": model_type}
 
 
 def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:

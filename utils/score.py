@@ -44,8 +44,8 @@ def exact_match(model, tokenizer, conversations, template_name: str, max_new_tok
     results = []
     for start in range(0, len(conversations), batch_size):
         batch = conversations[start:start + batch_size]
-        prompts = [chat_template.encode(c.messages[:-1], tokenizer, template_name, add_generation_prompt=True)
-                   ["input_ids"] for c in batch]
+        prompts = [chat_template.encode(c.messages[:-1], tokenizer, template_name, add_generation_prompt=True,
+                                        tools=c.tools)["input_ids"] for c in batch]
         width = max(map(len, prompts))  # left padding: every prompt ends where generation starts
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)

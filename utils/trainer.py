@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
-from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -18,10 +16,8 @@ from transformers import Trainer, TrainerCallback
 from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
-from utils.loss import check_model, chunked_causal_lm_loss, head_softcap
+from utils.loss import causal_lm_loss, check_model
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-COMPLETE_MARK = "trainer_state.json"  # the Trainer writes it last, after weights, optimizer and RNG states
 
 
 class DataCollator:
@@ -107,6 +103,10 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (a full disk, a read-only folder): the run stops, earlier checkpoints stay."""
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     """A NaN/inf loss means the weights are already ruined: stop loudly instead of logging an average."""
 
@@ -116,46 +116,6 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 raise NonFiniteLossError(
                     f"{key} is {logs[key]} at step {state.global_step}. Lower learning_rate, check the data, or use "
                     f"bf16 instead of fp16; the last good checkpoint in {args.output_dir} is kept.")
-
-
-def is_complete_checkpoint(path: Path) -> bool:
-    return (path / COMPLETE_MARK).is_file()
-
-
-def last_checkpoint(output_dir: str) -> str | None:
-    """Newest checkpoint that was written to the end; a checkpoint cut short by a crash is skipped."""
-    found = []
-    for p in Path(output_dir).glob("checkpoint-*"):
-        m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and is_complete_checkpoint(p):
-            found.append((int(m.group(1)), p))
-    return str(max(found)[1]) if found else None
-
-
-def resolve_resume(args) -> str | None:
-    """`--resume_from_checkpoint true` means the newest complete checkpoint in output_dir."""
-    value = args.resume_from_checkpoint
-    if value in (None, "", "false", "False", False):
-        return None
-    if str(value).lower() == "true":
-        path = last_checkpoint(args.output_dir)
-        if path is None:
-            raise FileNotFoundError(f"--resume_from_checkpoint true: no complete checkpoint in {args.output_dir}")
-        return path
-    if not Path(value).is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such folder")
-    if not is_complete_checkpoint(Path(value)):
-        raise ValueError(f"--resume_from_checkpoint {value}: incomplete checkpoint (no {COMPLETE_MARK}); a crash "
-                         "cut its save short. Resume from an earlier one, or use true for the newest complete one.")
-    return value
-
-
-def check_output_dir(args) -> None:
-    """Refuse to write into a non-empty output_dir unless told to: a run must never clobber earlier results."""
-    out = Path(args.output_dir)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite_output_dir and not args.resume_from_checkpoint:
-        raise FileExistsError(f"output_dir {out} is not empty. Choose another output_dir, resume with "
-                              "--resume_from_checkpoint true, or pass --overwrite_output_dir to reuse it.")
 
 
 PADDING_FREE_MODEL_TYPES = ("qwen2", "qwen3", "llama", "gemma", "gemma2", "phi3", "mistral", "qwen2_moe")
@@ -204,20 +164,28 @@ class DojoTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """chunked_loss: the decoder's last hidden states go to utils/loss.py instead of the model's logits.
-        (Given a split micro-batch, this computes its whole row: training_step and prediction_step pass pieces.)"""
-        if "pieces" in inputs:
-            inputs = {k: v for k, v in inputs.items() if k != "pieces"}
-        if not self.args.chunked_loss or return_outputs or "labels" not in inputs:
+        """The loss through utils/loss.py's causal_lm_loss, the one every training path uses: the model's own
+        forward, or with chunked_loss its decoder and the chunked cross-entropy, each with the model's auxiliary
+        terms. (Given a split micro-batch, this computes its whole row: training_step and prediction_step pass
+        pieces.) The Trainer's own method keeps what the seam does not do: returning the outputs (evaluation of
+        logits), label smoothing, a user's compute_loss_func."""
+        inputs = {k: v for k, v in inputs.items() if k != "pieces"}
+        if (return_outputs or "labels" not in inputs or self.label_smoother is not None
+                or self.compute_loss_func is not None):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        causal_lm = self.accelerator.unwrap_model(model)
-        causal_lm = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
-        inputs = dict(inputs)
         labels = inputs.pop("labels")
-        with self.accelerator.autocast():  # as the wrapped model's forward would run
-            hidden = causal_lm.get_decoder()(**inputs).last_hidden_state
-            return chunked_causal_lm_loss(hidden, causal_lm.get_output_embeddings(), labels, num_items_in_batch,
-                                          head_softcap(causal_lm.config))
+        # as the Trainer: a model without loss kwargs averages each micro-batch, and the Trainer then divides by the
+        # accumulation steps
+        num_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        if not self.args.chunked_loss:  # the wrapped model: DDP's forward hooks and accelerate's autocast run
+            loss = causal_lm_loss(model, inputs, labels, num_items, backend="model")
+        else:
+            with self.accelerator.autocast():  # as the wrapped model's forward would run
+                loss = causal_lm_loss(self.accelerator.unwrap_model(model), inputs, labels, num_items, "chunked")
+        ranks = self.args.n_gpu if self.args.n_gpu > 1 else self.accelerator.num_processes
+        if self.args.average_tokens_across_devices and num_items is not None and ranks > 1:
+            loss = loss * ranks  # as the Trainer: num_items counts every rank's tokens, DDP averages the gradients
+        return loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """chunked_loss: the evaluation loss through utils/loss.py too, piece by piece as in training. The
@@ -238,11 +206,71 @@ class DojoTrainer(Trainer):
         whole micro-batch's loss and gradient."""
         pieces = inputs.get("pieces")
         if pieces is None:
-            return self._forward_backward(model, inputs, num_items_in_batch)
+            return self._note_loss(self._forward_backward(model, inputs, num_items_in_batch))
         if num_items_in_batch is None:  # each piece would be averaged on its own: the sum would be wrong
             raise ValueError("micro_batch_max_tokens needs the Trainer's num_items_in_batch (labels in every batch, "
                              "a model whose loss takes num_items_in_batch)")
-        return sum(self._forward_backward(model, piece, num_items_in_batch) for piece in pieces)
+        return self._note_loss(sum(self._forward_backward(model, piece, num_items_in_batch) for piece in pieces))
+
+    # --- no checkpoint of a broken run ----------------------------------------------------------------------------
+    # Every micro-batch's loss is checked on the device (a flag, no host sync, so the CUDA-graph path keeps its
+    # pace); the flag is read before every save, and at logging steps the Trainer's averaged loss is checked by
+    # StopOnNonFiniteLoss. Before a save the trained weights are checked too: an overflow in the last backward
+    # leaves a finite loss but NaN weights.
+    _nonfinite = None
+    _checked_step = 0
+
+    def _note_loss(self, loss):
+        bad = ~torch.isfinite(loss.detach())
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        return loss
+
+    def check_finite(self, what: str) -> None:
+        """Raise NonFiniteLossError instead of saving `what`. Every rank saves, so every rank calls this and the
+        verdict is gathered: all ranks stop together."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        device = params[0].device if params else self.args.device
+        bad = torch.zeros(2, device=device)
+        if self._nonfinite is not None:
+            bad[0] = self._nonfinite.to(device).float()
+        if params and self._weights_are_local():
+            bad[1] = (~torch.stack([torch.isfinite(torch.linalg.vector_norm(p.detach())) for p in params])).any()
+        if self.args.world_size > 1:
+            bad = self.accelerator.gather(bad).view(-1, 2).amax(0)
+        loss_bad, weights_bad = bad.tolist()
+        if loss_bad or weights_bad:
+            found = "a training loss" if loss_bad else "the trained weights"
+            raise NonFiniteLossError(
+                f"{found} became NaN/inf between step {self._checked_step} and step {self.state.global_step}; "
+                f"{what} was not saved. Lower learning_rate, check the data, or use bf16 instead of fp16; the last "
+                f"good checkpoint in {self.args.output_dir} is kept.")
+        self._nonfinite, self._checked_step = None, self.state.global_step
+
+    def _weights_are_local(self) -> bool:
+        """FSDP and DeepSpeed hold shards: their parameters here are not the weights."""
+        from accelerate.utils import DistributedType
+        return self.accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU,
+                                                     DistributedType.MULTI_GPU)
+
+    def _save_checkpoint(self, model, trial):
+        """Only finite checkpoints; a failed write (full disk, read-only folder) ends in CheckpointSaveError that
+        names the last complete checkpoint, which the Trainer's write-then-rotate order leaves intact."""
+        from safetensors import SafetensorError
+        from utils.run_folder import last_checkpoint
+        self.check_finite(f"checkpoint-{self.state.global_step}")
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports a full disk as RuntimeError
+            raise CheckpointSaveError(
+                f"could not write checkpoint-{self.state.global_step} in {self.args.output_dir} "
+                f"({type(err).__name__}: {err}). The last complete checkpoint, "
+                f"{last_checkpoint(self.args.output_dir) or 'none yet'}, is intact: free space or fix permissions, "
+                "then resume with --resume_from_checkpoint true.") from err
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        if not _internal_call:  # the final save (a checkpoint's was checked in _save_checkpoint)
+            self.check_finite("the final model")
+        super().save_model(output_dir, _internal_call)
 
     def _forward_backward(self, model, inputs, num_items_in_batch):
         """cuda_graphs: forward + backward by CUDA graph replay (utils/cuda_graphs.py); else the Trainer's step."""

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 TOKENIZER_DIR = SHARED / "assets" / "tokenizers"
 OFFICIAL_DIR = SHARED / "assets" / "chat_templates"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"  # official templates kept in the repo (golden/SOURCES.md)
 SKIP_REASON = f"shared assets not found at {SHARED} (real tokenizers and official chat templates live there)"
 
 if str(REPO) not in sys.path:  # `import chat_template` from any working directory
@@ -57,7 +58,8 @@ def load_tokenizer(folder):
 
 
 def official_template(file_name: str) -> str:
-    return (OFFICIAL_DIR / file_name).read_text(encoding="utf-8")
+    path = GOLDEN_DIR / file_name if (GOLDEN_DIR / file_name).is_file() else OFFICIAL_DIR / file_name
+    return path.read_text(encoding="utf-8")
 
 
 # No Llama-3 tokenizer is available offline. "llama3-on-deepseek-v3" stands in: the DeepSeek-V3 tokenizer (byte-level
@@ -75,6 +77,7 @@ PRIMARY = {
     "qwen3": ("qwen2.5", "qwen3.jinja", {}),
     "yi": ("yi", "yi-chat.jinja", {}),
     "gemma": ("gemma", "gemma-it.jinja", {}),
+    "gemma3": ("gemma", "google-gemma-3-it.jinja", {}),  # Gemma 2's tokenizer: same control tokens as Gemma 3's
     "phi3": ("phi-3", "phi-3.5-mini-instruct.jinja", {}),
     "deepseek": ("deepseek-v3", "deepseek-llm-chat.jinja", {}),
     "deepseek3": ("deepseek-v3", "deepseek-v3.jinja", {}),

@@ -89,6 +89,8 @@ PAIRINGS = [
             conversations=tuple(CONVERSATIONS) + tuple(QWEN3_CONVERSATIONS)),
     Pairing("yi", "yi-chat.jinja", "yi"),
     Pairing("gemma", "gemma-it.jinja", "gemma"),
+    # Gemma 3's tokenizer is not available offline; Gemma 2's has the same control tokens and stands in.
+    Pairing("gemma3", "google-gemma-3-it.jinja", "gemma"),
     Pairing("phi3", "phi-3.5-mini-instruct.jinja", "phi-3"),
     # deepseek-llm-chat has no tokenizer here; DeepSeek-V3's is the closest real one (same bos/eos names).
     Pairing("deepseek", "deepseek-llm-chat.jinja", "deepseek-v3"),
@@ -106,9 +108,9 @@ CASES = [pytest.param(p, name, gen, id=f"{p.id}-{name}-{'gen' if gen else 'nogen
          for p in PAIRINGS for name in p.conversations for gen in (False, True)]
 
 END_OF_TURN = {"qwen": "<|im_end|>", "qwen3": "<|im_end|>", "yi": "<|im_end|>", "etude": "<|im_end|>",
-               "gemma": "<end_of_turn>", "llama3": "<|eot_id|>", "phi3": "<|end|>",
+               "gemma": "<end_of_turn>", "gemma3": "<end_of_turn>", "llama3": "<|eot_id|>", "phi3": "<|end|>",
                "deepseek3": "<｜end▁of▁sentence｜>", "deepseek": None}  # deepseek: the tokenizer's eos
-TRIMS_CONTENT = {"gemma", "llama3"}
+TRIMS_CONTENT = {"gemma", "gemma3", "llama3"}
 
 
 def conversation(name):

@@ -49,7 +49,7 @@ def test_bad_option_values_are_refused(template_tokenizer):
 STOP_TOKENS = {
     "qwen": ["<|im_end|>", "<|endoftext|>"], "qwen3": ["<|im_end|>", "<|endoftext|>"],
     "etude": ["<|im_end|>", "<|endoftext|>"], "yi": ["<|im_end|>", "<|endoftext|>"],
-    "gemma": ["<end_of_turn>", "<eos>"], "phi3": ["<|end|>", "<|endoftext|>"],
+    "gemma": ["<end_of_turn>", "<eos>"], "gemma3": ["<end_of_turn>", "<eos>"], "phi3": ["<|end|>", "<|endoftext|>"],
     "deepseek": ["<｜end▁of▁sentence｜>"], "deepseek3": ["<｜end▁of▁sentence｜>"],
     "llama3": ["<|eot_id|>", "<|end_of_text|>"],
 }
@@ -89,7 +89,7 @@ def test_detect_loads_the_tokenizer_from_a_folder(shared_assets):
 @pytest.mark.parametrize("official_file, tokenizer_name, family", [
     ("qwen1.5-chat.jinja", "qwen2.5", "qwen"), ("qwen2.5-instruct.jinja", "qwen2.5", "qwen"),
     ("qwen3.jinja", "qwen2.5", "qwen3"), ("yi-chat.jinja", "yi", "yi"), ("gemma-it.jinja", "gemma", "gemma"),
-    ("phi-3.5-mini-instruct.jinja", "phi-3", "phi3"), ("phi-3-mini-4k-instruct.jinja", "phi-3", "phi3"),
+    ("phi-3.5-mini-instruct.jinja", "phi-3", "phi3"),
     ("deepseek-llm-chat.jinja", "deepseek-v3", "deepseek"), ("deepseek-v3.jinja", "deepseek-v3", "deepseek3"),
     ("deepseek-r1.jinja", "deepseek-v3", "deepseek3"), ("llama-3-instruct.jinja", "llama3-on-deepseek-v3", "llama3"),
 ])
@@ -97,7 +97,16 @@ def test_detect_every_official_template(official_file, tokenizer_name, family, t
     tok = tokenizers(tokenizer_name)
     with swapped(tok, official(official_file)):
         name, reason = detect(tok)
-    assert (name, reason) == (family, "markers in the tokenizer's chat_template")
+    assert name == family, reason
+    assert f"renders the probe conversations exactly as our {family!r} template" in reason
+
+
+def test_detect_keeps_an_own_template_that_differs_from_the_family(tokenizers, official, swapped):
+    """Phi-3-mini-4k's April template writes <s> first, which ours (Phi-3.5's) does not: it is kept as it is."""
+    with swapped(tokenizers("phi-3"), official("phi-3-mini-4k-instruct.jinja")) as tok:
+        name, reason = detect(tok)
+    assert name == "own", reason
+    assert "closest family 'phi3' differs" in reason and "<s><|user|>" in reason
 
 
 @pytest.mark.parametrize("tokenizer_name, family", [("qwen2.5", "qwen"), ("yi", "yi"), ("gemma", "gemma"),
@@ -105,13 +114,28 @@ def test_detect_every_official_template(official_file, tokenizer_name, family, t
 def test_detect_falls_back_to_the_vocabulary(tokenizer_name, family, tokenizers, swapped):
     tok = tokenizers(tokenizer_name)
     with swapped(tok, None):
-        assert detect(tok) == (family, "special tokens in the tokenizer's vocabulary")
+        name, reason = detect(tok)
+    assert name == family and "has no chat_template" in reason and "vocabulary" in reason
 
 
-def test_detect_prefers_config_model_type(tmp_path, tokenizers):
+def test_detect_uses_config_model_type_for_a_model_without_template(tmp_path, tokenizers, swapped):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}), encoding="utf-8")
+    with swapped(tokenizers("qwen2.5"), None) as tok:
+        name, reason = detect(tmp_path, tokenizer=tok)
+    assert name == "qwen3" and "model_type='qwen3'" in reason
+
+
+def test_detect_gives_gemma3_for_its_model_types(tmp_path, tokenizers, swapped):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}), encoding="utf-8")
+    with swapped(tokenizers("gemma"), None) as tok:
+        assert detect(tmp_path, tokenizer=tok)[0] == "gemma3"
+
+
+def test_detect_never_swaps_a_models_own_template_for_its_model_types_family(tmp_path, tokenizers):
+    """config.json says qwen3, but the folder's tokenizer carries Qwen2.5's template: that is what serves it."""
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3"}), encoding="utf-8")
     name, reason = detect(tmp_path, tokenizer=tokenizers("qwen2.5"))
-    assert name == "qwen3" and "model_type" in reason
+    assert name == "qwen" and "You are Qwen" in reason
 
 
 @pytest.mark.parametrize("template_name", list(TEMPLATES))

@@ -91,5 +91,5 @@ def test_factored_dora_norm_follows_adapter_updates_and_merges_like_peft():
 
 def test_factored_dora_norm_needs_use_dora():
     from train_args.base import TrainArgs
-    with pytest.raises(ValueError, match="factored_dora_norm is a DoRA fast path"):
+    with pytest.raises(ValueError, match="factored_dora_norm: is a DoRA fast path"):
         TrainArgs(output_dir="unused", factored_dora_norm=True, report_to="none")

@@ -72,12 +72,12 @@ def test_micro_batch_pieces_train_like_the_whole_micro_batch(tmp_path, fields):
 
 
 def test_micro_batch_max_tokens_needs_padding_free():
-    with pytest.raises(ValueError, match="micro_batch_max_tokens must be >= 0 and needs padding_free"):
+    with pytest.raises(ValueError, match="micro_batch_max_tokens: must be >= 0 and needs padding_free"):
         TrainArgs(output_dir="unused", micro_batch_max_tokens=1024)
 
 
 def test_cuda_graphs_need_padding_free_varlen():
-    with pytest.raises(ValueError, match="cuda_graphs needs padding_free"):
+    with pytest.raises(ValueError, match="cuda_graphs: needs padding_free"):
         TrainArgs(output_dir="unused", cuda_graphs=True, padding_free=True)
 
 

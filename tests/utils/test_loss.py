@@ -110,3 +110,23 @@ def test_compiled_chunk_on_gpu_matches_the_reference_in_bf16(softcap, monkeypatc
     torch.testing.assert_close(loss, ref, atol=2e-2, rtol=2e-2)
     for got, want in zip(grads, (hidden.grad, head.weight.grad)):
         assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
+
+
+def test_transformers_moe_router_loss_is_kept_by_the_liger_backend_and_refused_by_chunked():
+    """A transformers MoE model with output_router_logits adds coef * its router loss in the causal-LM forward: the
+    liger backend (here torch's cross-entropy in the kernel's place) reads it from that output, the model's own loss;
+    the decoder's output that chunked_loss reads has none, so chunked_loss refuses the model instead of dropping it."""
+    import transformers
+    from utils.loss import causal_lm_loss
+    torch.manual_seed(0)
+    config = transformers.Qwen2MoeConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+        shared_expert_intermediate_size=32, num_experts=4, num_experts_per_tok=2, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, output_router_logits=True, router_aux_loss_coef=0.5)
+    model = transformers.Qwen2MoeForCausalLM(config)
+    ids = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(1))
+    own = model(input_ids=ids, labels=ids)
+    assert 0.5 * own.aux_loss > 0.1  # the router term is large: dropping it would fail the comparison
+    torch.testing.assert_close(causal_lm_loss(model, {"input_ids": ids}, ids, backend="liger"), own.loss)
+    with pytest.raises(ValueError, match="chunked_loss cannot add the router load-balancing loss"):
+        causal_lm_loss(model, {"input_ids": ids}, ids, backend="chunked")

@@ -204,7 +204,7 @@ def test_memory_budget_below_the_longest_sample_is_refused():
     args = _budget_args(_predicted(1536) - 0.01)  # 1,536: the longest sample (1,500) rounded up to a step
     with pytest.raises(ValueError, match=r"memory_budget_gb .*piece of 1,536 tokens \(the longest sample\)"):
         fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
-    with pytest.raises(ValueError, match="memory_budget_gb must be >= 0 and needs padding_free"):
+    with pytest.raises(ValueError, match="memory_budget_gb: must be >= 0 and needs padding_free"):
         TrainArgs(output_dir="unused", use_cpu=True, memory_budget_gb=16)
 
 
