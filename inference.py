@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, TextStreamer
 

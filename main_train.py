@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
 from transformers import TrainerState
 
 from utils.config import ConfigError, parse_args

@@ -6,6 +6,7 @@ learned skill, not a memorised answer. make_splits is the same generator for oth
 train SmolLM2 on one skill of it).
 
     python data/make_skills.py [--n_train 2000] [--n_eval 200] [--seed 0] [--skills repeat reverse last]
+                               [--max_words 4] [--out data/skills] [--no_tokenizer]
 """
 import argparse
 import json
@@ -48,16 +49,22 @@ def main():
     parser.add_argument("--n_eval", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skills", nargs="+", default=list(SKILLS), choices=SKILLS)
+    parser.add_argument("--max_words", type=int, default=4, help="longest word list (2 to this many words)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "skills"))
+    parser.add_argument("--no_tokenizer", action="store_true",
+                        help="skip the small tokenizer (only a model trained from scratch needs it)")
     args = parser.parse_args()
-    train, evals = make_splits(args.n_train, args.n_eval, args.seed, tuple(args.skills))
+    if not 2 <= args.max_words <= len(WORDS):
+        parser.error(f"--max_words must be in [2, {len(WORDS)}], got {args.max_words}")
+    train, evals = make_splits(args.n_train, args.n_eval, args.seed, tuple(args.skills), args.max_words)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train), ("eval", evals)):
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in part)
     print(f"wrote {args.n_train} train and {args.n_eval} eval samples to {out}")
-    train_small_tokenizer(train, out / "tokenizer")
+    if not args.no_tokenizer:
+        train_small_tokenizer(train, out / "tokenizer")
 
 
 def train_small_tokenizer(rows, folder: Path, vocab_size: int = 512) -> None:

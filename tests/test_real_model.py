@@ -22,9 +22,6 @@ from utils.score import exact_match
 from utils.tokenizer import load_tokenizer
 
 HELD_OUT = 50
-# SmolLM2's folder has its own ChatML template with a default system turn; until main_train keeps a model's own
-# template, its detection picks `yi` (ChatML without a system turn), named here so the runs do not depend on it.
-TEMPLATE = ["--template_name", "yi"]
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +42,14 @@ def run(model_dir, data, out, mode: str, steps: int, lr: float, *extra) -> dict:
                      "--warmup_steps", "0", "--lr_scheduler_type", "constant", "--lora_dropout", "0",
                      "--max_len", "48", "--logging_steps", "5", "--save_steps", "1000", "--report_to", "none",
                      "--disable_tqdm", "true", "--dataloader_num_workers", "0",
-                     "--activation_checkpointing", "false", "--seed", "0", *TEMPLATE, *extra])
+                     "--activation_checkpointing", "false", "--seed", "0", *extra])
     return json.loads((out / "score.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def lora_run(smollm2, skill, tmp_path_factory):
     out = tmp_path_factory.mktemp("lora") / "out"
-    return out, run(smollm2, skill, out, "lora", 30, 1e-3, "--score_before", "false")
+    return out, run(smollm2, skill, out, "lora", 40, 1e-3, "--score_before", "false")
 
 
 def test_lora_learns_a_held_out_skill_and_every_answer_stops(lora_run):
@@ -71,7 +68,8 @@ def test_merged_model_gives_the_adapters_answers(smollm2, lora_run, skill, tmp_p
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
-    _, results = exact_match(model, load_tokenizer(str(merged)), load_conversations(str(skill[1])), TEMPLATE[1])
+    template = json.loads((out / "dojo_run.json").read_text())["template_name"]  # the model's own: "own"
+    _, results = exact_match(model, load_tokenizer(str(merged)), load_conversations(str(skill[1])), template)
     assert [answer for _, _, answer in results] == [a["answer"] for a in score["answers"]]
 
 
