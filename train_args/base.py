@@ -175,7 +175,8 @@ class TrainArgs(TrainingArguments):
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
-        "Count the tokens trained on: non_padding (pad excluded; logs show tokens/s and the ETA), all, or no."))
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens/s), all, or no. cuda_graphs sets "
+        "no: reading the count back would wait for the GPU every step."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
@@ -202,6 +203,10 @@ class TrainArgs(TrainingArguments):
             # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
             # with the queued step, so the host would collate the next batch while the GPU sits idle.
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
+        if self.cuda_graphs and self.include_num_input_tokens_seen == "non_padding":
+            # The Trainer counts each batch's tokens on the GPU and reads the count back, waiting for the queued
+            # step: the graph path must not wait, so it logs no tokens/s (the ETA stays).
+            self.include_num_input_tokens_seen = "no"
         super().__post_init__()
 
     def problems(self) -> list[str]:
