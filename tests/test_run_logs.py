@@ -75,11 +75,10 @@ def test_inference_stops_at_the_adapters_end_of_turn_not_the_bases_end_of_text(t
     which training wrote into the adapter folder: inference with --adapter_path must stop there too."""
     base, out = tiny_model("gemma"), tmp_path / "out"
     main_train.main(train_argv(base, toy_data, out, "--template_name", "gemma", "--max_steps", "1"))
-    tokenizer = load_tokenizer(str(out))
+    _, tokenizer, stops = inference.load(inference.parse_args(["--model_name_or_path", str(base),
+                                                               "--adapter_path", str(out)]))
     end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
     assert end_of_turn not in [GenerationConfig.from_pretrained(base).eos_token_id]  # the base's: <eos> only
-    _, _, stops = inference.load(inference.parse_args(["--model_name_or_path", str(base),
-                                                           "--adapter_path", str(out)]))
     assert end_of_turn in stops and tokenizer.eos_token_id in stops
 
 
