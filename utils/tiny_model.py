@@ -13,9 +13,9 @@ import shutil
 import sys
 from pathlib import Path
 
-# family -> transformers config class of its architecture
-ARCHITECTURES = {"qwen": "Qwen2Config", "qwen3": "Qwen3Config", "yi": "LlamaConfig", "llama": "LlamaConfig",
-                 "gemma": "GemmaConfig", "phi3": "Phi3Config", "deepseek": "LlamaConfig"}
+# family (each has a ready config train_args/<family>_lora.py) -> transformers config class of its architecture
+ARCHITECTURES = {"qwen": "Qwen2Config", "qwen3": "Qwen3Config", "yi": "LlamaConfig", "gemma": "GemmaConfig",
+                 "phi3": "Phi3Config", "deepseek": "LlamaConfig"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "vocab.json", "merges.txt", "added_tokens.json")
 
@@ -69,8 +69,8 @@ def main(argv=None) -> None:
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {out}: try python main_train.py --model_name_or_path {out} --template_name {a.family} "
-          f"--max_len 256 --max_steps 10")
+    print(f"wrote {out}: try python main_train.py {a.family}_lora --model_name_or_path {out} "
+          f"--train_data_path data/skills/train.jsonl --max_len 128 --max_steps 10 --output_dir output/tiny-{a.family}")
 
 
 if __name__ == "__main__":
