@@ -83,8 +83,8 @@ class TrainArgs(TrainingArguments):
         "Held-out conversations to score before and after training: greedy answer to each final user turn, "
         "exact match with the reference answer (the model must also stop). Omitted: no score."))
     score_samples: int = field(default=50, metadata=_help(
-        "How many score_data_path samples to score (the first ones). Scoring generates, which on a CPU costs "
-        "about as much per sample as a few training steps."))
+        "How many score_data_path samples to score (the first ones); 0: no score (a config's score_data_path "
+        "switched off). Scoring generates, which on a CPU costs about as much per sample as a few training steps."))
     score_before: bool = field(default=True, metadata=_help(
         "Also score before training (the 'before' half of before -> after). false: score after training only, "
         "half the scoring time."))
@@ -237,7 +237,7 @@ FIELD_RULES = (
     ("torch_dtype", lambda a: a.torch_dtype in TORCH_DTYPES, f"must be one of {', '.join(TORCH_DTYPES)}"),
     ("max_len", lambda a: a.max_len >= 1, "must be >= 1 (tokens per sample)"),
     ("eval_ratio", lambda a: 0.0 <= a.eval_ratio < 1.0, "must be in [0, 1)"),
-    ("score_samples", lambda a: a.score_samples >= 1, "must be >= 1"),
+    ("score_samples", lambda a: a.score_samples >= 0, "must be >= 0 (0: no score)"),
     ("score_max_new_tokens", lambda a: a.score_max_new_tokens >= 0, "must be >= 0 (0: sized from the references)"),
     ("train_on", lambda a: a.train_on in ("all", "last"), "must be all or last"),
     ("special_text", lambda a: a.special_text in ("error", "keep"), "must be error or keep"),
