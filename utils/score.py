@@ -28,6 +28,15 @@ def answer_budget(tokenizer, conversations) -> int:
     return max(lengths, default=0) + BUDGET_MARGIN
 
 
+def keep_4bit_layout(model) -> None:
+    """bitsandbytes, on CPUs with AVX512-BF16, repacks a 4-bit weight for its inference kernel at the first forward
+    in eval mode without grad, and keeps it repacked: QLoRA training after a score (the "before" half) then computes
+    with a layout its training path does not read (loss ~6 instead of ~2 on SmolLM2). Scoring keeps the layout."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 @torch.no_grad()
 def exact_match(model, tokenizer, conversations, template_name: str, max_new_tokens: int = 0,
                 batch_size: int = 32) -> tuple[float, list[tuple[str, str, str]]]:
@@ -36,6 +45,7 @@ def exact_match(model, tokenizer, conversations, template_name: str, max_new_tok
     stops = chat_template.stop_token_ids(tokenizer, template_name)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     was_training, use_cache, attention = model.training, model.config.use_cache, model.config._attn_implementation
+    keep_4bit_layout(model)
     model.eval()
     model.config.use_cache = True
     if attention == VARLEN:
