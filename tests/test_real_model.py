@@ -48,6 +48,7 @@ def run(model_dir, data, out, mode: str, steps: int, lr: float, *extra) -> dict:
 
 @pytest.fixture(scope="module")
 def lora_run(smollm2, skill, tmp_path_factory):
+    """40 steps: 96% held out (30 gave 90%, no margin); about 1.5 minutes on 2 idle cores."""
     out = tmp_path_factory.mktemp("lora") / "out"
     return out, run(smollm2, skill, out, "lora", 40, 1e-3, "--score_before", "false")
 
