@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
-from transformers import TrainerState
-
+from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
-from utils.run_folder import COMPLETE_MARK, RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign
+from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.score import exact_match, write_score
 from utils.train_log import add_progress, run_summary
@@ -38,19 +37,6 @@ def score(model, tokenizer, template_name, conversations, args, when: str):
     return accuracy, results
 
 
-def train(trainer, plan) -> None:
-    """Train from scratch or from the plan's checkpoint; a checkpoint at the last step is only loaded (a run stopped
-    during its final save), since the Trainer would train one step past max_steps from it."""
-    if plan.final_save_only:
-        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
-        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
-        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
-        return
-    if plan.checkpoint:
-        log(f"resuming run {plan.run_id} from {plan.checkpoint}")
-    trainer.train(resume_from_checkpoint=plan.checkpoint)
-
-
 def main(argv=None):
     """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained."""
     args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
@@ -68,6 +54,8 @@ def main(argv=None):
 
     tokenizer, template_name, template_reason = build_tokenizer(args)
     log(f"template: {template_name} ({template_reason})")
+    if args.stage != "sft":  # DPO, KTO, ORPO, SimPO, reward models: the same steps through trl's trainers
+        return preference.run(args, tokenizer, template_name, plan, log)
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
     train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)
@@ -98,7 +86,7 @@ def main(argv=None):
     add_progress(trainer)
     reset_measured_peak()
     started = time.perf_counter()
-    train(trainer, plan)
+    train(trainer, plan, log)
     train_seconds = time.perf_counter() - started
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)

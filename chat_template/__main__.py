@@ -13,6 +13,8 @@ import argparse
 import sys
 
 from . import IGNORE_INDEX, TEMPLATES, detect, encode, render
+from .own import own_jinja
+from .parity import matching_variant
 
 OPEN, CLOSE = "[[", "]]"
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -94,6 +96,8 @@ def cmd_show(args) -> int:
     if template_name is None:
         template_name, how = detect(args.tokenizer, tokenizer=tokenizer)
     options = {"default_system": args.default_system} if args.default_system is not None else {}
+    if not options and template_name != "own" and own_jinja(tokenizer):  # as training does: the folder's variant
+        options = matching_variant(tokenizer, template_name, own_jinja(tokenizer))[0] or {}
     try:
         options["tools"] = conversation.tools
         enc = encode(conversation.messages, tokenizer, template_name, max_len=args.max_len, train_on=args.train_on,

@@ -17,6 +17,13 @@ from transformers import TrainingArguments
 from utils.run_folder import resume_value
 
 TRAIN_MODES = ("full", "lora", "qlora")
+STAGES = ("sft", "dpo", "kto", "rm")
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # trl's DPOTrainer loss_type
+REFERENCE_FREE_LOSSES = ("orpo", "simpo", "cpo")
+# LLM-Dojo's rlhf_type -> (stage, pref_loss); None keeps the pref_loss given
+RLHF_TYPES = {"dpo": ("dpo", None), "kto": ("kto", None), "cpo": ("dpo", "cpo"), "simpo": ("dpo", "simpo"),
+              "cposimpo": ("dpo", "simpo"), "orpo": ("dpo", "orpo"), "rm": ("rm", None), "reward": ("rm", None)}
 TORCH_DTYPES = ("auto", "bfloat16", "float16", "float32")
 # init_lora_weights that need nothing but the base weights (eva, corda and loftq need a setup step we do not run)
 INIT_LORA_WEIGHTS = ("default", "true", "false", "gaussian", "pissa", "olora", "orthogonal", "mica")
@@ -181,6 +188,37 @@ class TrainArgs(TrainingArguments):
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
     seed: int = field(default=42, metadata=_help("Random seed for init, data order and dropout."))
+    # --- preference training (DPO, KTO, ORPO, SimPO, reward models; utils/preference.py) ----------------------------
+    stage: str = field(default="sft", metadata=_help(
+        "What the run trains (LLaMA-Factory's names): sft; dpo (pairs prompt/chosen/rejected; pref_loss picks the "
+        "loss: DPO's variants, or the reference-free orpo, simpo, cpo); kto (unpaired answers labelled true/false); "
+        "rm (a reward model: Bradley-Terry on pairs, a one-output sequence-classification head)."))
+    rlhf_type: str | None = field(default=None, metadata=_help(
+        "LLM-Dojo's name for stage + pref_loss, accepted as an alias: DPO, KTO, CPO, SimPO, CPOSimPO, ORPO, RM "
+        "(or Reward)."))
+    pref_loss: str = field(default="sigmoid", metadata=_help(
+        "stage dpo: the loss. With a reference policy (trl's DPOTrainer): sigmoid (DPO), ipo, hinge, robust, "
+        "exo_pair, nca_pair, bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm. "
+        "Reference-free: orpo (odds ratio + SFT), simpo (length-normalised margin with gamma), cpo."))
+    beta: float = field(default=0.1, metadata=_help(
+        "DPO/KTO: strength of the pull towards the reference policy (higher: stays closer). ORPO: the weight of the "
+        "odds-ratio term (lambda). SimPO/CPO: the reward scale."))
+    label_smoothing: float = field(default=0.0, metadata=_help(
+        "Probability that a pair's labels are flipped (robust DPO, in [0, 0.5); exo_pair needs > 0; cDPO with "
+        "sigmoid via robust)."))
+    simpo_gamma: float = field(default=0.5, metadata=_help("SimPO's target reward margin gamma."))
+    cpo_alpha: float | None = field(default=None, metadata=_help(
+        "Weight of the SFT (NLL on chosen) term of cpo/simpo. Omitted: 1.0 for cpo, 0 for simpo (the paper's)."))
+    kto_desirable_weight: float = field(default=1.0, metadata=_help(
+        "KTO: loss weight of the desirable (label true) answers; raise it when they are outnumbered."))
+    kto_undesirable_weight: float = field(default=1.0, metadata=_help(
+        "KTO: loss weight of the undesirable (label false) answers."))
+    ref_model_path: str | None = field(default=None, metadata=_help(
+        "Reference policy of dpo/kto. Omitted: the starting model, which with lora/qlora is the same weights with "
+        "the adapter switched off (no second copy in memory), and with full training a frozen copy."))
+    precompute_ref_log_probs: bool = field(default=False, metadata=_help(
+        "dpo/kto: compute the reference log-probs of every sample once before training instead of at every step: "
+        "no reference forward per step, and full training keeps no frozen copy in memory."))
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -189,7 +227,7 @@ class TrainArgs(TrainingArguments):
             self.train_data_path = [self.train_data_path]
         if isinstance(self.eval_data_path, str):
             self.eval_data_path = [self.eval_data_path]
-        problems = self.problems()
+        problems = self._resolve_rlhf_type() + self.problems()
         if problems:  # before TrainingArguments' own checks, so that every bad field of ours is reported at once
             raise ConfigError(problems)
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
@@ -208,6 +246,23 @@ class TrainArgs(TrainingArguments):
             # step: the graph path must not wait, so it logs no tokens/s (the ETA stays).
             self.include_num_input_tokens_seen = "no"
         super().__post_init__()
+
+    def _resolve_rlhf_type(self) -> list[str]:
+        """LLM-Dojo's rlhf_type is an alias of stage + pref_loss (LLaMA-Factory's names, the fields): set them from
+        it, or say why it cannot be read."""
+        if self.rlhf_type is None:
+            return []
+        key = str(self.rlhf_type).lower()
+        if key not in RLHF_TYPES:
+            return [f"rlhf_type: must be one of {', '.join(sorted(RLHF_TYPES))} (any case), got {self.rlhf_type!r}"]
+        stage, loss = RLHF_TYPES[key]
+        if self.stage not in ("sft", stage):
+            return [f"rlhf_type: {self.rlhf_type!r} means stage {stage!r}, but stage is {self.stage!r}: give one of "
+                    "the two"]
+        self.stage, self.pref_loss = stage, loss or self.pref_loss
+        if key == "cposimpo" and self.cpo_alpha is None:
+            self.cpo_alpha = 1.0  # CPO's SFT term on top of SimPO's loss
+        return []
 
     def problems(self) -> list[str]:
         """'field: what is wrong' for every field that breaks a rule of FIELD_RULES (no file is read)."""
@@ -278,7 +333,25 @@ FIELD_RULES = (
     ("logging_steps", lambda a: a.logging_steps > 0, "must be > 0"),
     ("save_steps", lambda a: a.save_steps > 0, "must be > 0"),
     ("save_total_limit", lambda a: a.save_total_limit is None or a.save_total_limit >= 1, "must be >= 1 (or None)"),
+    # preference training
+    ("stage", lambda a: a.stage in STAGES, f"must be one of {', '.join(STAGES)}"),
+    ("pref_loss", lambda a: a.pref_loss in DPO_LOSSES + REFERENCE_FREE_LOSSES,
+     f"must be one of {', '.join(DPO_LOSSES + REFERENCE_FREE_LOSSES)}"),
+    ("beta", lambda a: a.beta > 0, "must be > 0"),
+    ("label_smoothing", lambda a: 0.0 <= a.label_smoothing < 0.5, "must be in [0, 0.5)"),
+    ("label_smoothing", lambda a: a.pref_loss != "exo_pair" or a.label_smoothing > 0,
+     "must be > 0 with pref_loss exo_pair (the EXO paper uses 1e-3)"),
+    ("kto_desirable_weight", lambda a: a.kto_desirable_weight > 0, "must be > 0"),
+    ("kto_undesirable_weight", lambda a: a.kto_undesirable_weight > 0, "must be > 0"),
+    ("stage", lambda a: a.stage == "sft" or not (a.padding_free or a.chunked_loss or a.cuda_graphs),
+     "padding_free, chunked_loss and cuda_graphs are SFT fast paths (trl computes preference log-probs itself)"),
+    ("ref_model_path", lambda a: not _reference_free(a) or not (a.ref_model_path or a.precompute_ref_log_probs),
+     "this stage and pref_loss use no reference policy: drop ref_model_path and precompute_ref_log_probs"),
 )
+
+
+def _reference_free(a) -> bool:
+    return a.stage == "rm" or (a.stage == "dpo" and a.pref_loss in REFERENCE_FREE_LOSSES)
 
 
 @dataclass
@@ -292,3 +365,19 @@ class ChatSFTRecipe(TrainArgs):
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 4   # 16 samples per optimizer step
     save_steps: float = 200
+
+
+@dataclass
+class ChatDPORecipe(ChatSFTRecipe):
+    """The shared recipe of the ready DPO configs (qwen_dpo.py, ...): DPO on preference pairs, usually after SFT.
+    Each pair is two sequences through the policy and two through the reference, so batches are half SFT's."""
+    stage: str = "dpo"
+    pref_loss: str = "sigmoid"
+    beta: float = 0.1
+    train_data_path: list[str] = field(default_factory=lambda: ["data/my_pairs.jsonl"])
+    max_len: int = 1024
+    num_train_epochs: float = 1.0
+    learning_rate: float = 5e-5           # LoRA-sized; DPO wants a gentler step than SFT
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8  # 16 pairs per optimizer step
+    logging_steps: float = 5

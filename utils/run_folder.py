@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ExportableState
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -223,6 +223,19 @@ def claim_output_dir(args, plan: RunPlan) -> str | None:
     _write_json(out / RUN_RECORD, record)
     (out / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
     return moved
+
+
+def train(trainer, plan: RunPlan, log) -> None:
+    """Train from scratch or from the plan's checkpoint; a checkpoint at the last step is only loaded (a run stopped
+    during its final save), since the Trainer would train one step past max_steps from it."""
+    if plan.final_save_only:
+        log(f"{plan.checkpoint} is at the last step: no training, only the final save")
+        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / COMPLETE_MARK))
+        trainer._load_from_checkpoint(plan.checkpoint)  # the weights, as train(resume_from_checkpoint=...) would
+        return
+    if plan.checkpoint:
+        log(f"resuming run {plan.run_id} from {plan.checkpoint}")
+    trainer.train(resume_from_checkpoint=plan.checkpoint)
 
 
 def mark_finished(output_dir, plan: RunPlan, step: int) -> None:

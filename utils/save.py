@@ -56,7 +56,7 @@ def save_outputs(trainer, tokenizer, args, template_name: str) -> None:
     with open(out / "dojo_run.json", "w", encoding="utf-8") as f:
         json.dump({"template_name": template_name, "template": chat_template.describe(tokenizer, template_name),
                    "train_mode": args.train_mode,
-                   "base_model": args.model_name_or_path, "stage": "sft",
+                   "base_model": args.model_name_or_path, "stage": args.stage,
                    "base_fingerprint": base_fingerprint(args.model_name_or_path)}, f, indent=2)
 
 
@@ -91,8 +91,9 @@ def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
     """Reload what was written and check it is non-empty, finite, and moved away from its initial values."""
     out = Path(args.output_dir)
     if args.train_mode == "full":
-        from transformers import AutoModelForCausalLM
-        reloaded = dict(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).named_parameters())
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+        auto = AutoModelForSequenceClassification if args.stage == "rm" else AutoModelForCausalLM  # a reward model
+        reloaded = dict(auto.from_pretrained(out, dtype=torch.float32).named_parameters())
         keys = {n: n for n in snapshot}
     else:
         reloaded = load_file(out / ADAPTER_FILE)

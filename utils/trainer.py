@@ -17,6 +17,7 @@ from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from utils.cuda_graphs import GraphedStep
 from utils.loss import causal_lm_loss, check_model
+from utils.progress import ProgressFile
 
 
 
@@ -299,7 +300,7 @@ def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, optimizer
     return DojoTrainer(
         model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(args, model, tokenizer), processing_class=tokenizer,
-        optimizers=(optimizer, None), callbacks=[StopOnNonFiniteLoss(), *callbacks],
+        optimizers=(optimizer, None), callbacks=[StopOnNonFiniteLoss(), ProgressFile(), *callbacks],
     )
 
 

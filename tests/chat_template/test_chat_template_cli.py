@@ -13,7 +13,8 @@ from chat_template import TEMPLATES, encode
 from chat_template.__main__ import main
 
 REPO = Path(__file__).resolve().parents[2]
-QWEN_SYSTEM = "You are a helpful assistant."  # the qwen template's default_system
+# the Qwen2.5 folder's own template is the Qwen2.5 variant of qwen: its default system, as training uses it
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
 def run_cli(*args):
@@ -53,7 +54,7 @@ def test_show_marks_the_supervised_tokens(data_file, template_tokenizer, shared_
     out = result.stdout
     messages = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
                 {"role": "user", "content": "再加一？"}, {"role": "assistant", "content": "五。"}]
-    enc = encode(messages, template_tokenizer("qwen"), "qwen")
+    enc = encode(messages, template_tokenizer("qwen"), "qwen", default_system=QWEN_SYSTEM)
     supervised = sum(label != -100 for label in enc["labels"])
     assert "chat.jsonl:2 (index 1)" in out
     assert f"total {len(enc['input_ids'])}, supervised {supervised} " in out
@@ -72,9 +73,9 @@ def test_show_truncates_like_training(data_file, template_tokenizer, shared_asse
     monkeypatch.setattr(utils.tokenizer, "load_tokenizer", lambda path: template_tokenizer("qwen"))
     full = len(encode([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
                        {"role": "user", "content": "再加一？"}, {"role": "assistant", "content": "五。"}],
-                      template_tokenizer("qwen"), "qwen")["input_ids"])
+                      template_tokenizer("qwen"), "qwen", default_system="Be brief.")["input_ids"])
     assert main(["show", "--template", "qwen", "--tokenizer", str(folder), "--data", str(data_file), "--index", "1",
-                 "--max_len", "30", "--color", "never", "--tokens"]) == 0
+                 "--max_len", "30", "--color", "never", "--tokens", "--default_system", "Be brief."]) == 0
     out = capsys.readouterr().out
     assert f"total 30, supervised 2 (6.7%), truncated from {full} by --max_len 30" in out
     body = out.split("---\n")[1]

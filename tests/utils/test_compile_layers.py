@@ -15,7 +15,7 @@ from utils.trainer import PaddingFreeCollator
 def _args(**kw):
     base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
                 use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
-                compile_layers=False, activation_checkpointing=True)
+                compile_layers=False, activation_checkpointing=True, train_new_tokens=False)
     return SimpleNamespace(**{**base, **kw})
 
 

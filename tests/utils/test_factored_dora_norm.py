@@ -16,7 +16,8 @@ from utils.trainer import PaddingFreeCollator
 
 def _args(**kw):
     base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
-                use_dora=True, factored_dora_norm=False, use_rslora=False, init_lora_weights=False)
+                use_dora=True, factored_dora_norm=False, use_rslora=False, init_lora_weights=False,
+                train_new_tokens=False)
     return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
 
 

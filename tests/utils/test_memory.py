@@ -108,7 +108,8 @@ def _counted_layer_bytes(config, tokens: int, compiled: bool, dora: bool = False
     torch.manual_seed(0)
     fields = SimpleNamespace(train_mode="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, use_dora=dora,
                              lora_target_modules=None, factored_dora_norm=factored, use_rslora=False,
-                             init_lora_weights="gaussian", compile_layers=compiled, activation_checkpointing=False)
+                             init_lora_weights="gaussian", compile_layers=compiled, activation_checkpointing=False,
+                             train_new_tokens=False)
     model = apply_peft(transformers.Qwen2ForCausalLM(config).to(device, torch.bfloat16), fields)
     if compiled:
         torch._dynamo.reset()
