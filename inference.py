@@ -13,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
+import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
 import torch
-from transformers import AutoModelForCausalLM, TextStreamer
+from transformers import AutoModelForCausalLM, GenerationConfig, TextStreamer
 
 import chat_template
 import etude_model  # noqa: F401  (registers Etude with the Auto classes)
@@ -62,10 +63,20 @@ def load(args):
     if template or not tokenizer.chat_template:
         template = template or chat_template.detect(args.model_name_or_path, tokenizer)[0]
         chat_template.apply_to_tokenizer(tokenizer, template)
-    stops = model.generation_config.eos_token_id
+    return model, tokenizer, stop_ids(args, model, tokenizer, template)
+
+
+def stop_ids(args, model, tokenizer, template: str | None) -> list[int]:
+    """The end-of-turn tokens: of the template when one is named or detected here; else of the run that wrote the
+    adapter (its generation_config.json holds the stops of the template it was trained with), not of the base,
+    whose generation config may know only end-of-text; else of the model folder (a full fine-tune's own)."""
     if template:
-        stops = chat_template.stop_token_ids(tokenizer, template)
-    return model, tokenizer, stops
+        return chat_template.stop_token_ids(tokenizer, template)
+    config = model.generation_config
+    if args.adapter_path and (Path(args.adapter_path) / "generation_config.json").is_file():
+        config = GenerationConfig.from_pretrained(args.adapter_path)
+    stops = config.eos_token_id
+    return [stops] if isinstance(stops, int) else list(stops)
 
 
 @torch.no_grad()

@@ -4,8 +4,10 @@ Reads top to bottom: args -> tokenizer -> data -> model -> trainer -> save. Ever
 """
 import json
 import sys
+import time
 from pathlib import Path
 
+import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
 from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
@@ -13,7 +15,8 @@ from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_
 from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
-from utils.score import exact_match
+from utils.score import exact_match, write_score
+from utils.train_log import add_progress, run_summary
 from utils.tokenizer import build_tokenizer
 from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer, rank0
 
@@ -23,14 +26,15 @@ def log(message: str) -> None:
         print(f"[dojo] {message}", flush=True)
 
 
-def score(model, tokenizer, template_name, conversations, when: str):
-    """Exact-match accuracy on held-out prompts (rank 0 only; None when there is nothing to score)."""
+def score(model, tokenizer, template_name, conversations, args, when: str):
+    """(exact-match accuracy, [(prompt, reference, answer)]) on held-out prompts (rank 0 only; None when there is
+    nothing to score)."""
     if not conversations or not rank0():
         return None
-    accuracy, results = exact_match(model, tokenizer, conversations, template_name)
+    accuracy, results = exact_match(model, tokenizer, conversations, template_name, args.score_max_new_tokens)
     examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
     log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
-    return accuracy
+    return accuracy, results
 
 
 def main(argv=None):
@@ -74,28 +78,37 @@ def main(argv=None):
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
         f"parameters ({100 * trainable / total:.2f}%)")
     snapshot = trainable_snapshot(model)
-    score_before = score(model, tokenizer, template_name, score_set, "before training")
+    score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
+                         "before training")
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args),
                             callbacks=[RunIdentity(plan.run_id)])
+    add_progress(trainer)
     reset_measured_peak()
+    started = time.perf_counter()
     train(trainer, plan, log)
+    train_seconds = time.perf_counter() - started
     if peak := measured_peak():  # on a GPU: compare with the prediction of --dry_run / memory_budget_gb
         log(peak)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
                                         for h in trainer.state.log_history):
         trainer.evaluate()
 
-    score_after = score(trainer.model, tokenizer, template_name, score_set, "after training")
+    score_after = score(trainer.model, tokenizer, template_name, score_set, args, "after training")
     if score_before is not None and score_after is not None:
-        log(f"held-out exact match: {score_before:.1%} before -> {score_after:.1%} after training "
+        log(f"held-out exact match: {score_before[0]:.1%} before -> {score_after[0]:.1%} after training "
             f"({len(score_set)} prompts)")
 
     save_outputs(trainer, tokenizer, args, template_name)
     if trainer.is_world_process_zero():
-        plot_loss_curve(trainer.state.log_history, Path(args.output_dir) / "loss_curve.png")
+        if not plot_loss_curve(trainer.state.log_history, Path(args.output_dir) / "loss_curve.png"):
+            log(f"no loss curve: no loss was logged ({trainer.state.global_step} steps, logging_steps "
+                f"{args.logging_steps})")
         (Path(args.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        if score_after is not None:
+            write_score(Path(args.output_dir) / "score.json", score_before, score_after)
         log(verify_outputs(args, snapshot))
+        log(run_summary(trainer, train_seconds, args.output_dir))
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "
             + (f"{args.model_name_or_path} --adapter_path {args.output_dir}" if args.train_mode != "full"
                else args.output_dir))

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -289,6 +290,9 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--block_size {args.block_size} > the checkpoint's max_position_embeddings")
     args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     args.lr_decay_steps = args.lr_decay_steps or args.max_steps
+    if args.warmup_steps > args.max_steps:
+        print(f"warning: --warmup_steps {args.warmup_steps} exceeds --max_steps {args.max_steps}: the learning rate "
+              f"stops at {get_lr(args.max_steps - 1, args):.2e}, never reaching --lr {args.lr:.2e}", file=sys.stderr)
     model.to(device).train()
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()  # a.k.a. gradient checkpointing
@@ -344,11 +348,14 @@ def main(argv=None) -> dict:
             train_loss = loss_sum.item() / args.grad_accum_steps
             dt = time.perf_counter() - t0
             tps = tokens_seen / dt
-            mfu = tps * fpt / (args.peak_tflops * 1e12)
             last = {"step": step, "train_loss": train_loss, "lr": lr, "grad_norm": float(grad_norm),
-                    "tokens_per_sec": tps, "mfu": mfu}
+                    "tokens_per_sec": tps}
+            shown = dict(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+            if device.type == "cuda":  # peak_tflops is an accelerator's: against a CPU the ratio means nothing
+                last["mfu"] = tps * fpt / (args.peak_tflops * 1e12)
+                shown["mfu"] = f"{100 * last['mfu']:.1f}%"
             log(last)
-            bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}", mfu=f"{100 * mfu:.1f}%")
+            bar.set_postfix(**shown)
             t0, tokens_seen = time.perf_counter(), 0
         if step % args.eval_every == 0 or step == args.max_steps:
             val_loss = evaluate(step_model, val_tokens, args, device, autocast) if len(val_tokens) else float("nan")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+import utils.tiny_model as tiny_model_module
+from utils.tiny_model import ARCHITECTURES
 
 REPO = Path(__file__).resolve().parent.parent
 # DOJO_SHARED_ASSETS: another place for the same assets (the GPU machine, where ../shared does not travel)
@@ -24,37 +26,14 @@ def shared_path(*parts) -> Path:
 
 
 # family -> (tokenizer folder under ../shared/assets/tokenizers, template, transformers config builder)
-FAMILIES = {
-    "qwen": ("qwen2.5", "qwen", "Qwen2Config"),
-    "yi": ("yi", "yi", "LlamaConfig"),
-    "gemma": ("gemma", "gemma", "GemmaConfig"),
-    "phi3": ("phi-3", "phi3", "Phi3Config"),
-    "deepseek": ("deepseek-v3", "deepseek", "LlamaConfig"),
-}
+FAMILIES = {family: (tok_dir, template, ARCHITECTURES[family]) for family, tok_dir, template in (
+    ("qwen", "qwen2.5", "qwen"), ("yi", "yi", "yi"), ("gemma", "gemma", "gemma"), ("phi3", "phi-3", "phi3"),
+    ("deepseek", "deepseek-v3", "deepseek"))}
 
 
 def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     """A 1-layer, 16-wide random model of the family's architecture, saved with the family's real tokenizer."""
-    import torch
-    import transformers
-
-    from utils.tokenizer import load_tokenizer
-
-    tok_dir, _, config_name = FAMILIES[family]
-    src = shared_path("tokenizers", tok_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        shutil.copy(f, folder / f.name)
-    tokenizer = load_tokenizer(str(folder))
-    vocab = (len(tokenizer) + 63) // 64 * 64
-    config = getattr(transformers, config_name)(
-        vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=8, max_position_embeddings=256, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    model = getattr(transformers, config_name.replace("Config", "ForCausalLM"))(config)
-    model.save_pretrained(folder)
-    return folder
+    return tiny_model_module.build_tiny_model(family, shared_path("tokenizers", FAMILIES[family][0]), folder, seed)
 
 
 def tiny_qwen2():

@@ -89,8 +89,15 @@ class TrainArgs(TrainingArguments):
     score_data_path: list[str] | None = field(default=None, metadata=_help(
         "Held-out conversations to score before and after training: greedy answer to each final user turn, "
         "exact match with the reference answer (the model must also stop). Omitted: no score."))
-    score_samples: int = field(default=100, metadata=_help(
-        "How many score_data_path samples to score (0: none, the score is skipped)."))
+    score_samples: int = field(default=50, metadata=_help(
+        "How many score_data_path samples to score (the first ones); 0: no score (a config's score_data_path "
+        "switched off). Scoring generates, which on a CPU costs about as much per sample as a few training steps."))
+    score_before: bool = field(default=True, metadata=_help(
+        "Also score before training (the 'before' half of before -> after). false: score after training only, "
+        "half the scoring time."))
+    score_max_new_tokens: int = field(default=0, metadata=_help(
+        "Longest answer generated when scoring. 0: the longest reference answer's token count plus 4 (a longer "
+        "answer cannot match, so an untrained model that never stops costs only that many tokens per prompt)."))
     default_system: str | None = field(default=None, metadata=_help(
         "System prompt the template injects into a conversation without one (templates that have one, e.g. qwen). "
         "Omitted: the one of the model's own chat_template (Qwen2.5: 'You are Qwen, created by Alibaba Cloud. ...')."))
@@ -174,6 +181,9 @@ class TrainArgs(TrainingArguments):
                        "at 2.4x the peak; --dry_run predicts it)."))
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
+    include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens/s), all, or no. cuda_graphs sets "
+        "no: reading the count back would wait for the GPU every step."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
@@ -231,6 +241,10 @@ class TrainArgs(TrainingArguments):
             # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
             # with the queued step, so the host would collate the next batch while the GPU sits idle.
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
+        if self.cuda_graphs and self.include_num_input_tokens_seen == "non_padding":
+            # The Trainer counts each batch's tokens on the GPU and reads the count back, waiting for the queued
+            # step: the graph path must not wait, so it logs no tokens/s (the ETA stays).
+            self.include_num_input_tokens_seen = "no"
         super().__post_init__()
 
     def _resolve_rlhf_type(self) -> list[str]:
@@ -278,7 +292,8 @@ FIELD_RULES = (
     ("torch_dtype", lambda a: a.torch_dtype in TORCH_DTYPES, f"must be one of {', '.join(TORCH_DTYPES)}"),
     ("max_len", lambda a: a.max_len >= 1, "must be >= 1 (tokens per sample)"),
     ("eval_ratio", lambda a: 0.0 <= a.eval_ratio < 1.0, "must be in [0, 1)"),
-    ("score_samples", lambda a: a.score_samples >= 0, "must be >= 0 (0 skips the score)"),
+    ("score_samples", lambda a: a.score_samples >= 0, "must be >= 0 (0: no score)"),
+    ("score_max_new_tokens", lambda a: a.score_max_new_tokens >= 0, "must be >= 0 (0: sized from the references)"),
     ("train_on", lambda a: a.train_on in ("all", "last"), "must be all or last"),
     ("special_text", lambda a: a.special_text in ("error", "keep"), "must be error or keep"),
     ("invalid_records", lambda a: a.invalid_records in ("error", "skip"), "must be error or skip"),

@@ -16,6 +16,7 @@ class DefaultArgs(TrainArgs):
     train_data_path: list[str] = field(default_factory=lambda: ["data/skills/train.jsonl"])
     eval_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
     score_data_path: list[str] | None = field(default_factory=lambda: ["data/skills/eval.jsonl"])
+    score_samples: int = 100               # a tiny model answers fast; the measured score below is of 100
     output_dir: str = "output/etude_default"
     train_mode: str = "full"
     max_len: int = 64

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -154,7 +155,15 @@ def build_optimizer(model, args):
                                      loraplus_weight_decay=args.weight_decay)  # peft ignores plain weight_decay
 
 
+def parameter_count(p) -> int:
+    """Parameters a tensor stands for. A bitsandbytes 4-bit weight (Params4bit) is packed storage, two or more
+    4-bit values per stored element depending on bnb_4bit_quant_storage, so its numel() undercounts; its
+    quant_state records the real shape."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else p.numel()
+
+
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(parameter_count(p) for p in model.parameters() if p.requires_grad)
+    total = sum(parameter_count(p) for p in model.parameters())
     return trainable, total

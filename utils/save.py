@@ -114,13 +114,17 @@ def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
     return f"verified {out}: {changed} of {len(snapshot)} trained tensors changed, all finite"
 
 
-def plot_loss_curve(log_history: list[dict], path: Path) -> None:
+def plot_loss_curve(log_history: list[dict], path: Path) -> bool:
+    """Write the train and eval loss curves; False (nothing written) when no loss was logged, as in a run shorter
+    than logging_steps. Few points are drawn as markers, so a one-point curve is visible."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not train and not evals:
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(7, 4))
     for points, label in ((train, "train"), (evals, "eval")):
         if points:
@@ -132,3 +136,4 @@ def plot_loss_curve(log_history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True

@@ -162,3 +162,14 @@ def test_fused_ce_and_bf16_residual_train_like_the_plain_loop(tmp_path, corpus_f
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=2e-2), (a["step"], key)
     assert fast[-1]["val_loss"] < plain[0]["train_loss"] - 0.3  # and it learns
+
+
+def test_cpu_run_warns_when_warmup_exceeds_max_steps_and_logs_no_mfu(tmp_path, corpus_file, small_tokenizer_dir,
+                                                                    capsys):
+    """MFU is a ratio to an accelerator's peak (--peak_tflops): on a CPU it would read 0.0%, so it is left out; a
+    warmup longer than the run never reaches the peak learning rate, which the user is told."""
+    main(pretrain_args(corpus_file, small_tokenizer_dir, tmp_path / "out", tmp_path / "cache", 2, "--device", "cpu",
+                       "--warmup_steps", "5"))
+    assert "warning: --warmup_steps 5 exceeds --max_steps 2" in capsys.readouterr().err
+    logs = read_log(tmp_path / "out")
+    assert all("mfu" not in r for r in logs) and any("tokens_per_sec" in r for r in logs)
