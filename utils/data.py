@@ -286,24 +286,24 @@ def data_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def load_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
-    """Every record of every file, validated and converted to messages.
+def read_records(paths, convert, invalid_records: str = "error", skipped: list | None = None) -> list:
+    """Every record of every file through convert(record, where, fmt) -> (item, fmt), where fmt is the shape of the
+    file's first valid record (None until then): a file holds one shape.
 
     invalid_records="error" stops at the first bad record; "skip" drops bad records (invalid JSON lines included;
     not unreadable files) and appends their errors to `skipped`, for scraped data sets where a few broken records
     are expected."""
     if invalid_records not in ("error", "skip"):
         raise ValueError(f"invalid_records must be 'error' or 'skip', got {invalid_records!r}")
-    conversations = []
+    items = []
     for path in data_files([paths] if isinstance(paths, (str, Path)) else paths):
         fmt = None
         for where, record in _records(path):
             try:
                 if isinstance(record, DataError):  # a line that is not JSON
                     raise record
-                fmt = fmt or detect_format(record, where)
-                messages = to_messages(record, where, fmt)
-                conversations.append(Conversation(messages, where, _tools(record, where)))
+                item, fmt = convert(record, where, fmt)
+                items.append(item)
             except DataError as err:
                 if invalid_records == "error":
                     raise
@@ -311,7 +311,16 @@ def load_conversations(paths, invalid_records: str = "error", skipped: list | No
                     skipped.append(str(err))
         if fmt is None:
             raise DataError(f"{path}: holds no valid records")
-    return conversations
+    return items
+
+
+def load_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
+    """Every record of every file, validated and converted to messages (read_records says what invalid_records
+    does)."""
+    def convert(record, where, fmt):
+        fmt = fmt or detect_format(record, where)
+        return Conversation(to_messages(record, where, fmt), where, _tools(record, where)), fmt
+    return read_records(paths, convert, invalid_records, skipped)
 
 
 @dataclass

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import chat_template
-from utils.data import (MESSAGE_ROLES, SHAREGPT_ROLES, DataError, _check_order, _from_alpaca, _from_turns, _records,
-                        _text, data_files, detect_format, show_sample, split_eval, to_messages)
+from utils.data import (MESSAGE_ROLES, SHAREGPT_ROLES, DataError, _check_order, _from_alpaca, _from_turns, _text,
+                        detect_format, read_records, show_sample, split_eval, to_messages)
 
 IGNORE = chat_template.IGNORE_INDEX
 PAIR_SHAPES = "'conversations'+'chosen'+'rejected' (ShareGPT), 'prompt'+'chosen'+'rejected' (trl) or " \
@@ -108,26 +108,13 @@ def to_unpaired(record, where: str, fmt: str) -> Example:
 
 def load_examples(paths, paired: bool, invalid_records: str = "error", skipped: list | None = None) -> list[Example]:
     """Every record of every file, validated (file:line and field on error, or skipped and listed)."""
-    examples = []
-    for path in data_files([paths] if isinstance(paths, str) else paths):
-        fmt = None
-        for where, record in _records(path):
-            try:
-                if paired:
-                    fmt = fmt or detect_pair_format(record, where)
-                    examples.append(to_pair(record, where, fmt))
-                else:
-                    fmt = fmt or ("trl" if isinstance(record, dict) and "prompt" in record
-                                  else detect_format(record, where))
-                    examples.append(to_unpaired(record, where, fmt))
-            except DataError as err:
-                if invalid_records == "error":
-                    raise
-                if skipped is not None:
-                    skipped.append(str(err))
-        if fmt is None:
-            raise DataError(f"{path}: holds no valid records")
-    return examples
+    def convert(record, where, fmt):
+        if paired:
+            fmt = fmt or detect_pair_format(record, where)
+            return to_pair(record, where, fmt), fmt
+        fmt = fmt or ("trl" if isinstance(record, dict) and "prompt" in record else detect_format(record, where))
+        return to_unpaired(record, where, fmt), fmt
+    return read_records(paths, convert, invalid_records, skipped)
 
 
 def encode_answer(prompt, answer, tokenizer, template_name: str, special_text: str) -> tuple[list, list]:
