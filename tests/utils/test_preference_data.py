@@ -1,6 +1,7 @@
 """Preference data: every record shape, the official template token for token, what is dropped, every malformed case."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -164,3 +165,14 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
         TrainArgs(output_dir=str(tmp_path), report_to="none", **given)
+
+
+def test_skip_drops_an_invalid_json_line_of_pairs_and_says_why(tmp_path):
+    """invalid_records skip: a line that is not JSON is skipped with its own error (it once reached the pair reader
+    as a record and was reported as 'a record must be a JSON object')."""
+    good = {"prompt": "Hi", "chosen": "A.", "rejected": "B."}
+    path = tmp_path / "d.jsonl"
+    path.write_text(f'{json.dumps(good)}\n{{"prompt": "Hi", "chosen"\n{json.dumps(good)}\n', encoding="utf-8")
+    skipped = []
+    assert len(load_examples(str(path), paired=True, invalid_records="skip", skipped=skipped)) == 2
+    assert len(skipped) == 1 and "d.jsonl:2: invalid JSON" in skipped[0]
