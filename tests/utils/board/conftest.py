@@ -36,10 +36,12 @@ def output_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def etude_run(output_root) -> Path:
-    """The default run's Etude model, trained for 5 steps into the board's output root."""
+    """The default run's Etude model, trained for 80 steps into the board's output root: enough for it to answer
+    words (not yet the right ones) and stop, about half a minute on 2 cores."""
     import main_train
     out = output_root / "etude_default"
-    main_train.main(["--output_dir", str(out), "--max_steps", "5", "--per_device_train_batch_size", "8",
+    main_train.main(["--output_dir", str(out), "--max_steps", "80", "--per_device_train_batch_size", "16",
+                     "--learning_rate", "3e-3",
                      "--score_samples", "0", "--eval_data_path", "data/skills/eval.jsonl",
                      "--per_device_eval_batch_size", "64", "--logging_steps", "1", "--report_to", "none",
                      "--disable_tqdm", "true"])

@@ -86,6 +86,7 @@ def test_chat_tab_streams_the_default_runs_answer_and_stops(page, etude_run):
     assert "<|im_start|>assistant" in prompt  # the exact rendered prompt, generation prompt included
     answer = page.driver.find_elements("css selector", "#chat-a .bot-row, #chat-a .assistant-row")
     assert "last: apple river" in page.el("chat-a").text and answer and answer[-1].text.strip()
+    assert "empty" not in answer[-1].text  # the model wrote words before its end of turn
     page.screenshot("chat")
 
 
