@@ -83,3 +83,17 @@ def test_constructing_train_args_reports_every_bad_field():
 def test_resume_false_is_not_a_resume():
     assert parse_args(["--output_dir", "o", "--resume_from_checkpoint", "false"]).resume_from_checkpoint is None
     assert parse_args(["--output_dir", "o", "--resume_from_checkpoint", "True"]).resume_from_checkpoint == "true"
+
+
+def test_help_lists_our_fields_first_grouped_and_the_trainers_after(capsys):
+    """--help: a user meets model, data, method, fast path, training and preference fields before the Trainer's
+    hundreds (they came first, our fields from line 470 on)."""
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    titles = ["model:", "data:", "method:", "fast path:", "training (", "preference training", "other Trainer fields"]
+    positions = [text.index("\n" + t) for t in titles]  # group titles start a line
+    assert positions == sorted(positions)
+    assert text.index("--model_name_or_path") < text.index("\ndata:") < text.index("--train_data_path")
+    assert text.index("--learning_rate") < text.index("\nother Trainer fields") < text.index("--adam_beta1")

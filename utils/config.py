@@ -78,6 +78,34 @@ def config_defaults(path: Path) -> dict:
     return values
 
 
+# --help: TrainArgs' own fields first, in these groups (each starts at the named field, in declaration order), then
+# the Trainer's other fields. The groups follow the blocks of train_args/base.py.
+HELP_GROUPS = {"model_name_or_path": "model", "train_data_path": "data", "train_mode": "method",
+               "padding_free": "fast path", "output_dir": "training (Trainer fields with defaults re-chosen here)",
+               "stage": "preference training (stage dpo, kto, rm)"}
+
+
+def group_help(parser) -> None:
+    """Reorder --help so that a user meets our fields first, grouped, and the Trainer's hundreds after them."""
+    by_dest = {a.dest: a for a in parser._actions}
+    trainer_group = parser._action_groups[-1] if len(parser._action_groups) > 2 else parser._optionals
+    groups, current = [], None
+    for name in TrainArgs.__annotations__:
+        if name in HELP_GROUPS:
+            current = parser.add_argument_group(HELP_GROUPS[name])
+            groups.append(current)
+        action = by_dest.get(name)
+        if action is None or current is None:
+            continue
+        for group in parser._action_groups:
+            if action in group._group_actions and group is not current:
+                group._group_actions.remove(action)
+        current._group_actions.append(action)
+    trainer_group.title = "other Trainer fields (transformers.TrainingArguments)"
+    parser._action_groups = [g for g in parser._action_groups if g not in groups and g is not trainer_group] \
+        + groups + [trainer_group]
+
+
 def parse_args(argv: list[str] | None = None, check_files: bool = False) -> TrainArgs:
     """check_files: also check what the fields point to (model and tokenizer folders, data files, output_dir, LoRA
     target modules) before anything is loaded or written. Every bad field is reported in one ConfigError."""
@@ -88,6 +116,7 @@ def parse_args(argv: list[str] | None = None, check_files: bool = False) -> Trai
     if argv and not argv[0].startswith("-"):
         config = argv.pop(0)
     parser = HfArgumentParser(TrainArgs)
+    group_help(parser)
     parser.prog = "main_train.py"
     parser.usage = "python main_train.py [CONFIG] [--field value ...]   (CONFIG: a name in train_args/ or a file)"
     defaults = config_defaults(resolve_config_path(config)) if config else {}
