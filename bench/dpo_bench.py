@@ -5,7 +5,7 @@
 Both train the same random model (seed 0, bf16, LoRA r16 on every linear layer, activation checkpointing) on the same
 pairs (ShareGPT file), batch 4 pairs, for --steps steps; the first 5 steps are warm-up and not timed. Ours: main_train's
 stage dpo (chat_template tokenization, trl's DPOTrainer underneath). trl: DPOTrainer given conversational pairs and a
-peft_config, tokenizing with the tokenizer's own chat template. Prints one JSON line per run: tokens/s (prompt +
+peft_config, tokenizing with the tokenizer's own chat template. Prints one JSON line per run: tokens per second (prompt +
 answer tokens of both sides, timed steps), peak allocated GPU memory, the first losses.
 Not yet run: no GPU machine could be started in the session that wrote it (carry trl 1.16, datasets, accelerate
 wheels and the Qwen tokenizer + dpo_en_demo.jsonl, as bench/gpu_bench.sh does for its runs).

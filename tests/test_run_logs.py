@@ -1,4 +1,4 @@
-"""What a run tells its user: tokens/s and ETA while training, honest parameter counts, a bounded score, a summary."""
+"""What a run tells its user: tokens per second and ETA while training, honest parameter counts, a bounded score, a summary."""
 from __future__ import annotations
 
 import warnings
@@ -18,7 +18,7 @@ from utils.tokenizer import build_tokenizer, load_tokenizer
 
 
 def test_run_logs_tokens_per_second_eta_bounded_after_only_score_and_summary(tiny_model, toy_data, tmp_path, capsys):
-    """Every training log carries tokens/s and the ETA (console, tensorboard, log_history); the count is of the
+    """Every training log carries tokens per second and the ETA (console, tensorboard, log_history); the count is of the
     tokens fed, pad excluded; score_before false scores only after training; the run ends with a summary line."""
     out = tmp_path / "out"
     trainer = main_train.main(train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen",

@@ -177,12 +177,12 @@ class TrainArgs(TrainingArguments):
         default_factory=lambda: {"use_reentrant": False},
         metadata=_help("Non-reentrant checkpointing keeps LoRA adapters trainable without input-grad hooks. "
                        "every_n_layers N (transformers): checkpoint layers 0, N, 2N, ... only; the others keep their "
-                       "activations, a faster backward for more memory (Qwen2.5-0.5B LoRA, N=2: +14 percent tokens/s "
-                       "at 2.4x the peak; --dry_run predicts it)."))
+                       "activations, a faster backward for more memory (bench/README.md has the measured trade; "
+                       "--dry_run predicts the memory)."))
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
-        "Count the tokens trained on: non_padding (pad excluded; logs show tokens/s), all, or no. cuda_graphs sets "
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens per second), all, or no. cuda_graphs sets "
         "no: reading the count back would wait for the GPU every step."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
@@ -243,7 +243,7 @@ class TrainArgs(TrainingArguments):
             self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
         if self.cuda_graphs and self.include_num_input_tokens_seen == "non_padding":
             # The Trainer counts each batch's tokens on the GPU and reads the count back, waiting for the queued
-            # step: the graph path must not wait, so it logs no tokens/s (the ETA stays).
+            # step: the graph path must not wait, so it logs no token rate (the ETA stays).
             self.include_num_input_tokens_seen = "no"
         super().__post_init__()
 

@@ -1,4 +1,4 @@
-"""What a user watches during and after a run: tokens/s and ETA in every training log, and a closing summary.
+"""What a user watches during and after a run: tokens per second and ETA in every training log, and a closing summary.
 
 The Trainer counts the tokens it feeds (include_num_input_tokens_seen "non_padding": attention-mask ones, or
 non-pad ids in padding-free rows); this callback turns the count into a rate over the last logging interval and
