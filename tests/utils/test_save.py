@@ -1,11 +1,17 @@
-"""utils/save.py: the written adapter is reloaded and checked against the trained tensors before a run reports done."""
+"""utils/save.py: the written adapter is reloaded and checked against the trained tensors before a run reports done;
+under DDP only rank 0 writes."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from tests.conftest import REPO, train_argv
 
 from utils.save import ADAPTER_FILE, verify_outputs
 
@@ -39,3 +45,18 @@ def test_verify_names_a_saved_tensor_that_holds_nan(tmp_path):
 def test_verify_refuses_a_run_whose_tensors_never_moved(tmp_path):
     with pytest.raises(RuntimeError, match="no trained tensor changed"):
         verify_outputs(write_adapter(tmp_path, dict(SNAPSHOT)), SNAPSHOT)
+
+
+def test_two_ranks_with_torchrun_gloo(tiny_model, toy_data, tmp_path):
+    """DDP on CPU: 2 ranks train, only rank 0 writes."""
+    out = tmp_path / "o"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+         "main_train.py", *train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen",
+                                      "--ddp_backend", "gloo", "--max_steps", "2")],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("[dojo] verified") == 1
+    assert (out / "adapter_model.safetensors").is_file()
+
