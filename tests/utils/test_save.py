@@ -1,10 +1,11 @@
 """utils/save.py: the written adapter is reloaded and checked against the trained tensors before a run reports done;
-under DDP only rank 0 writes."""
+under DDP only rank 0 writes; the loss curve is drawn when a loss was logged."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import save_file
 
 from tests.conftest import REPO, train_argv
 
-from utils.save import ADAPTER_FILE, verify_outputs
+from utils.save import ADAPTER_FILE, plot_loss_curve, verify_outputs
 
 SNAPSHOT = {"base_model.model.layer.lora_A.weight": torch.zeros(2, 4),
             "base_model.model.layer.lora_B.weight": torch.zeros(4, 2)}
@@ -60,3 +61,10 @@ def test_two_ranks_with_torchrun_gloo(tiny_model, toy_data, tmp_path):
     assert proc.stdout.count("[dojo] verified") == 1
     assert (out / "adapter_model.safetensors").is_file()
 
+
+def test_loss_curve_of_a_run_too_short_to_log_is_not_drawn_and_one_point_draws_without_warning(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not plot_loss_curve([{"step": 2, "train_loss": 1.0}], tmp_path / "empty.png")
+        assert plot_loss_curve([{"step": 1, "loss": 2.0}], tmp_path / "one.png")
+    assert not (tmp_path / "empty.png").exists() and (tmp_path / "one.png").stat().st_size > 0
