@@ -7,8 +7,8 @@ pairs (ShareGPT file), batch 4 pairs, for --steps steps; the first 5 steps are w
 stage dpo (chat_template tokenization, trl's DPOTrainer underneath). trl: DPOTrainer given conversational pairs and a
 peft_config, tokenizing with the tokenizer's own chat template. Prints one JSON line per run: tokens per second (prompt +
 answer tokens of both sides, timed steps), peak allocated GPU memory, the first losses.
-Not yet run: no GPU machine could be started in the session that wrote it (carry trl 1.16, datasets, accelerate
-wheels and the Qwen tokenizer + dpo_en_demo.jsonl, as bench/gpu_bench.sh does for its runs).
+On the device, carry trl 1.16, datasets, accelerate wheels and the Qwen tokenizer + dpo_en_demo.jsonl, as
+bench/gpu_bench.sh does for its runs; its figures go in bench/README.md.
 """
 from __future__ import annotations
 

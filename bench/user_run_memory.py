@@ -10,9 +10,9 @@ the peak allocated so far and the memory reserved: the event at which the peak r
 them. Recording starts where main_train starts its measured peak (just before train()), so the report and the
 logged "measured peak GPU memory in training" cover the same span; the allocations alive before it (weights,
 adapters) are the baseline. PyTorch's allocator history does not follow CUDA-graph captures, and with it a
-compiled layer's recompute failed on the H200 (SystemError from autograd, torch 2.11; the same run without --report
-trained): report with --cuda_graphs false --compile_layers false, and keep --max_steps small (the history holds the
-last 400,000 allocator events).
+compiled layer's recompute failed (SystemError from autograd, torch 2.11; the same run without --report trained):
+report with --cuda_graphs false --compile_layers false, and keep --max_steps small (the history holds the last
+400,000 allocator events).
 """
 from __future__ import annotations
 

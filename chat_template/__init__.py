@@ -5,12 +5,13 @@
     get_template(name) -> Template (stop tokens, default system, bos handling, source)
     detect(model_path_or_tokenizer) -> (name, reason)
     apply_to_tokenizer(tokenizer, name) puts our definition on `tokenizer.chat_template`
+    show_sample(input_ids, labels, tokenizer) -> the decoded sample, supervised runs wrapped in [[ ]]
 
 `template_name="own"` (own.py) is the tokenizer's own chat_template, for models outside our families.
 """
 from . import own
 from .core import (IGNORE_INDEX, ChatFormatError, check_tools, control_token_texts, encode, find_control_text,
-                   render, supports_tools, uses_tools)
+                   render, show_sample, supervised_runs, supports_tools, uses_tools)
 from .detect import detect
 from .own import OWN, OwnTemplateError
 from .registry import TEMPLATES, Template, get_template
@@ -62,4 +63,5 @@ def describe(tokenizer, template_name: str) -> dict:
 
 __all__ = ["IGNORE_INDEX", "OWN", "ChatFormatError", "OwnTemplateError", "TEMPLATES", "Template",
            "apply_to_tokenizer", "check_tools", "control_token_texts", "describe", "detect", "encode", "find_control_text",
-           "get_template", "render", "stop_token_ids", "supports_tools", "uses_tools"]
+           "get_template", "render", "show_sample", "stop_token_ids", "supervised_runs", "supports_tools",
+           "uses_tools"]

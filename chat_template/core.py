@@ -250,3 +250,25 @@ def encode(messages, tokenizer, template_name: str, add_generation_prompt: bool 
     if max_len is not None:
         input_ids, labels = input_ids[:max_len], labels[:max_len]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def supervised_runs(input_ids, labels, tokenizer) -> list[tuple[str, bool]]:
+    """The sample decoded in runs of consecutive tokens that the loss supervises or not: (text, supervised)."""
+    runs, run, inside = [], [], False
+    for token_id, label in zip(input_ids, labels):
+        supervised = label != IGNORE_INDEX
+        if run and supervised != inside:
+            runs.append((tokenizer.decode(run), inside))
+            run = []
+        inside = supervised
+        run.append(token_id)
+    if run:
+        runs.append((tokenizer.decode(run), inside))
+    return runs
+
+
+def show_sample(input_ids, labels, tokenizer, opening: str = "[[", closing: str = "]]") -> str:
+    """The sample decoded, each supervised run wrapped in [[ ]]: how the training log and
+    `python -m chat_template show` print what a sample trains on."""
+    return "".join(f"{opening}{text}{closing}" if supervised else text
+                   for text, supervised in supervised_runs(input_ids, labels, tokenizer))

@@ -18,18 +18,14 @@ def _from_model_type(model_type: str | None):
 
 
 def _from_markers(chat_template: str | None):
-    """The family whose markers the template text carries (a guess, used only to order and to explain)."""
+    """The family whose markers the template text carries (a guess, used only to order and to explain): of the
+    families with a marker set found whole in the text, the one with the longest set, ties in table order (so a
+    ChatML text with <think> is Qwen3's, one naming Qwen is Qwen's, a bare one Yi's)."""
     if not chat_template:
         return None
-    if "<|im_start|>" in chat_template:  # ChatML: Qwen3 thinks, Qwen has a default system, Yi has neither
-        if "<think>" in chat_template:
-            return "qwen3"
-        return "qwen" if ("Qwen" in chat_template or "You are a helpful assistant" in chat_template) else "yi"
-    for t in TEMPLATES.values():
-        if t.name not in ("qwen", "qwen3", "yi") and t.detect_markers and all(
-                m in chat_template for m in t.detect_markers):
-            return t.name
-    return None
+    found = [(len(markers), -order, t.name) for order, t in enumerate(TEMPLATES.values())
+             for markers in t.detect_markers if all(m in chat_template for m in markers)]
+    return max(found)[2] if found else None
 
 
 def _candidates(guess):

@@ -19,13 +19,13 @@ class Template:
     families: str                     # models it serves, for people
     source: str                       # where the official template comes from
     stop_tokens: tuple[str, ...]      # end-of-turn strings; `generate` must stop on each ("{eos}" = tokenizer eos)
-    default_system: str | None = None  # injected when a conversation has no system message
     supports_system: bool = True
     supports_tools: bool = False      # renders `tools` and assistant `tool_calls` the way the official template does
-    bos_in_template: bool = False     # the template text itself begins with {{ bos_token }}
     special_tokens: tuple[str, ...] = ()  # control tokens the template writes (for tokenizers that must add them)
     options: dict = field(default_factory=dict)  # extra render variables the template reads, with their defaults
-    detect_markers: tuple[str, ...] = ()  # substrings of an official chat_template that identify the family
+    # Marker sets: an official chat_template that holds every marker of one set is likely this family (a guess that
+    # orders detect's probes; the family matched by the longest set wins, ties by table order)
+    detect_markers: tuple[tuple[str, ...], ...] = ()
     model_types: tuple[str, ...] = ()     # config.json model_type values that identify the family
     # Render options of each official variant of the family's template (e.g. Qwen2.5's vs Qwen1.5's default
     # system): a model folder whose chat_template renders like one of them is that family, with those options.
@@ -34,6 +34,16 @@ class Template:
     @property
     def jinja(self) -> str:
         return _read_jinja(self.name)
+
+    @property
+    def default_system(self) -> str | None:
+        """The system message injected when a conversation has none (the `default_system` render option)."""
+        return self.options.get("default_system")
+
+    @property
+    def bos_in_template(self) -> bool:
+        """The template text writes the tokenizer's bos token itself."""
+        return "bos_token" in self.jinja
 
     def stop_token_strings(self, eos_token: str | None) -> list[str]:
         return [eos_token if t == "{eos}" else t for t in self.stop_tokens if t != "{eos}" or eos_token]
@@ -48,9 +58,10 @@ _TEMPLATES = [
     Template(
         "qwen", "Qwen1.5, Qwen2, Qwen2.5 (chat/instruct)",
         "Qwen2.5-Instruct tokenizer_config.json (Qwen1.5-Chat is the same ChatML without tools)",
-        stop_tokens=("<|im_end|>", "<|endoftext|>"), default_system="You are a helpful assistant.",
-        special_tokens=("<|im_start|>", "<|im_end|>"), options={"default_system": "You are a helpful assistant."},
-        supports_tools=True, detect_markers=("<|im_start|>", "Qwen"), model_types=("qwen2", "qwen2_moe", "qwen"),
+        stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
+        options={"default_system": "You are a helpful assistant."}, supports_tools=True,
+        detect_markers=(("<|im_start|>", "Qwen"), ("<|im_start|>", "You are a helpful assistant")),
+        model_types=("qwen2", "qwen2_moe", "qwen"),
         variants=({"default_system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."},
                   {"default_system": "You are a helpful assistant."},   # Qwen2-Instruct
                   {"default_system": "You are a helpful assistant"}),   # Qwen1.5-Chat
@@ -58,36 +69,37 @@ _TEMPLATES = [
     Template(
         "qwen3", "Qwen3 (hybrid thinking)", "Qwen3 tokenizer_config.json",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
-        options={"enable_thinking": True}, supports_tools=True, detect_markers=("<|im_start|>", "<think>"),
+        options={"enable_thinking": True}, supports_tools=True,
+        detect_markers=(("<|im_start|>", "<think>", "</think>"),),
         model_types=("qwen3", "qwen3_moe"),
     ),
     Template(
         "yi", "Yi-6B/34B-Chat", "01-ai/Yi-34B-Chat tokenizer_config.json",
         stop_tokens=("<|im_end|>", "<|endoftext|>"), special_tokens=("<|im_start|>", "<|im_end|>"),
-        detect_markers=("<|im_start|>",), model_types=(),
+        detect_markers=(("<|im_start|>",),), model_types=(),
     ),
     Template(
         "gemma", "Gemma, Gemma-2 (-it)", "google/gemma-2-2b-it tokenizer_config.json",
-        stop_tokens=("<end_of_turn>", "<eos>"), supports_system=False, bos_in_template=True,
-        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>",),
+        stop_tokens=("<end_of_turn>", "<eos>"), supports_system=False,
+        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=(("<start_of_turn>",),),
         model_types=("gemma", "gemma2"),
     ),
     Template(
         "gemma3", "Gemma 3 (-it; text)", "google/gemma-3-*-it chat_template (tests/chat_template/golden/SOURCES.md)",
-        stop_tokens=("<end_of_turn>", "<eos>"), bos_in_template=True,
-        special_tokens=("<start_of_turn>", "<end_of_turn>"), detect_markers=("<start_of_turn>", "first_user_prefix"),
+        stop_tokens=("<end_of_turn>", "<eos>"), special_tokens=("<start_of_turn>", "<end_of_turn>"),
+        detect_markers=(("<start_of_turn>", "first_user_prefix"),),
         model_types=("gemma3", "gemma3_text"),
     ),
     Template(
         "phi3", "Phi-3, Phi-3.5 mini/medium instruct", "microsoft/Phi-3.5-mini-instruct tokenizer_config.json",
         stop_tokens=("<|end|>", "<|endoftext|>"),
         special_tokens=("<|system|>", "<|user|>", "<|assistant|>", "<|end|>"),
-        detect_markers=("<|assistant|>", "<|end|>"), model_types=("phi3",),
+        detect_markers=(("<|assistant|>", "<|end|>"),), model_types=("phi3",),
     ),
     Template(
         "deepseek", "DeepSeek-LLM 7B/67B chat, DeepSeek-V2 chat",
-        "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",), bos_in_template=True,
-        detect_markers=("User: ", "Assistant:"), model_types=("deepseek_v2",),
+        "deepseek-ai/DeepSeek-V2-Chat tokenizer_config.json", stop_tokens=("{eos}",),
+        detect_markers=(("User: ", "Assistant:"),), model_types=("deepseek_v2",),
     ),
     # No tools for deepseek3: DeepSeek-V3's and R1's official templates have tool branches but no usable tool
     # rendering. Neither writes the tool schemas; neither resets its first-call flags, so a second round of calls
@@ -96,15 +108,15 @@ _TEMPLATES = [
     Template(
         "deepseek3", "DeepSeek-V3, DeepSeek-R1 (and R1 distills' format)",
         "deepseek-ai/DeepSeek-V3 tokenizer_config.json", stop_tokens=("<｜end▁of▁sentence｜>",),
-        bos_in_template=True, special_tokens=("<｜User｜>", "<｜Assistant｜>"),
-        detect_markers=("<｜User｜>",), model_types=("deepseek_v3",),
+        special_tokens=("<｜User｜>", "<｜Assistant｜>"), detect_markers=(("<｜User｜>",),),
+        model_types=("deepseek_v3",),
     ),
     # Meta-Llama-3-8B-Instruct's official template has no tool rendering (Llama-3.1's added one; not here)
     Template(
         "llama3", "Llama-3 / 3.1 instruct", "meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json",
-        stop_tokens=("<|eot_id|>", "<|end_of_text|>"), bos_in_template=True,
+        stop_tokens=("<|eot_id|>", "<|end_of_text|>"),
         special_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-        detect_markers=("<|start_header_id|>",), model_types=(),
+        detect_markers=(("<|start_header_id|>",),), model_types=(),
     ),
     Template(
         "etude", "Etude (this project's GPT)", "defined here (ChatML-shaped)",

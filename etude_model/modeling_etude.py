@@ -60,7 +60,7 @@ class EtudeConfig(PretrainedConfig):
     training_stage: str = "pretrain"        # "pretrain" | "sft": recorded in checkpoints
     # Under autocast the residual stream is fp32 (the embeddings are fp32 parameters), as in nanoGPT. True: it runs
     # in the autocast dtype (bf16), as llm.c's does: half the memory traffic of the residual adds and the norms,
-    # whose statistics stay fp32 (+4% tokens/s at GPT-2 124M on an H200: bench/README.md). No effect without autocast.
+    # whose statistics stay fp32 (the throughput it buys: bench/README.md, bf16_residual). No effect without autocast.
     autocast_residual: bool = False
     use_cache: bool = True
     tie_word_embeddings: bool = True

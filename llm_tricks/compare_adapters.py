@@ -17,7 +17,7 @@ data (11,076 of Qwen's 151,665 with the default 128-token cut), which changes no
 initialised model but keeps it at 1.78M parameters instead of about 20M. Use --model PATH to start from a
 real local checkpoint instead (no compaction then).
 
-CPU (the run in llm_tricks/README.md, about 1.5 minutes on 2 shared cores):
+CPU (the run in llm_tricks/README.md):
     python llm_tricks/compare_adapters.py --data ../shared/assets/data/sft/alpaca_en_demo.jsonl --steps 30 --threads 1
 GPU (adds a peak-memory column):
     python llm_tricks/compare_adapters.py --data ... --device cuda --steps 500 --bf16 [--model PATH]

@@ -91,6 +91,14 @@ def train_argv(model_dir, data, out, *extra) -> list[str]:
             *extra]
 
 
+def final_loss(trainer) -> float:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h][-1]
+
+
+def trainable_params(trainer):
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """SmolLM2-135M-Instruct as an HF folder (tests/real_models.py); skipped when its PyPI package is absent."""

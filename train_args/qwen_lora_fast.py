@@ -1,7 +1,7 @@
 """qwen + lora on the fast path that bench/README.md measures on one GPU: samples packed into one row with flash
 variable-length attention, compiled decoder layers, a chunked loss (no full-vocabulary logits), each micro-batch's
 forward + backward replayed as a CUDA graph, and fused AdamW. The same losses and gradients as qwen_lora (CPU
-tests); the first steps compile the layer (about a minute) and capture one graph per padded row length.
+tests); the first steps compile the layer and capture one graph per padded row length (a one-time cost).
 
 Run: python main_train.py qwen_lora_fast --model_name_or_path /path/to/local/model --train_data_path data/my.jsonl
      add --memory_budget_gb 18 to cap each forward's tokens so that the predicted peak fits 18 GB

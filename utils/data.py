@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import chat_template
+from chat_template import show_sample  # the one sample printer (utils.preference_data imports it from here)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -400,23 +401,6 @@ def split_eval(dataset, eval_ratio: float, seed: int):
         return dataset, None
     parts = dataset.train_test_split(test_size=eval_ratio, seed=seed)
     return parts["train"], parts["test"]
-
-
-def show_sample(input_ids, labels, tokenizer) -> str:
-    """Decoded sample with the supervised spans wrapped in [[ ]], for the log before training."""
-    out, run, supervised = [], [], False
-    for tok, label in zip(input_ids, labels):
-        is_sup = label != chat_template.IGNORE_INDEX
-        if is_sup != supervised and run:
-            text = tokenizer.decode(run)
-            out.append(f"[[{text}]]" if supervised else text)
-            run = []
-        supervised = is_sup
-        run.append(tok)
-    if run:
-        text = tokenizer.decode(run)
-        out.append(f"[[{text}]]" if supervised else text)
-    return "".join(out)
 
 
 def build_datasets(args, tokenizer, template_name: str, log=print):

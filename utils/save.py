@@ -94,20 +94,18 @@ def verify_outputs(args, snapshot: dict[str, torch.Tensor]) -> str:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
         auto = AutoModelForSequenceClassification if args.stage == "rm" else AutoModelForCausalLM  # a reward model
         reloaded = dict(auto.from_pretrained(out, dtype=torch.float32).named_parameters())
-        keys = {n: n for n in snapshot}
     else:
         reloaded = load_file(out / ADAPTER_FILE)
-        keys = {n: n for n in snapshot}
-        missing = [k for k in keys.values() if k not in reloaded]
+        missing = [name for name in snapshot if name not in reloaded]
         if missing:
             raise RuntimeError(f"saved adapter lacks {len(missing)} trained tensors, e.g. {missing[0]}")
     if not reloaded:
         raise RuntimeError(f"{out}: the saved weights are empty")
     changed = 0
     for name, before in snapshot.items():
-        after = reloaded[keys[name]].detach().float().cpu()
+        after = reloaded[name].detach().float().cpu()
         if not torch.isfinite(after).all():
-            raise RuntimeError(f"saved tensor {keys[name]} holds NaN/inf")
+            raise RuntimeError(f"saved tensor {name} holds NaN/inf")
         changed += not torch.equal(after, before)
     if changed == 0:
         raise RuntimeError("no trained tensor changed during training (learning rate 0? no supervised tokens?)")

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from chat_template import (IGNORE_INDEX, TEMPLATES, apply_to_tokenizer, detect, encode, get_template, render,
-                           stop_token_ids)
+                           show_sample, stop_token_ids, supervised_runs)
+from chat_template.detect import _from_markers
 
 MESSAGES = [{"role": "user", "content": "Hi! 你好"}, {"role": "assistant", "content": "Hello, how can I help?"},
             {"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "One, two, three."}]
@@ -166,3 +167,42 @@ def test_apply_to_tokenizer_keeps_call_time_options(template_tokenizer, swapped)
             assert got == want
         assert tok.apply_chat_template(MESSAGES[:1], tokenize=False, add_generation_prompt=True).endswith(
             "<|im_start|>assistant\n")  # thinking on when not given, as in the official template
+
+
+def test_show_sample_wraps_each_supervised_run_and_keeps_the_rest(template_tokenizer, primary):
+    tok, options = template_tokenizer("qwen"), primary["qwen"][2]
+    enc = encode(MESSAGES, tok, "qwen", **options)
+    shown = show_sample(enc["input_ids"], enc["labels"], tok)
+    assert shown.count("[[") == shown.count("]]") == 2
+    assert "<|im_start|>assistant\n[[Hello, how can I help?<|im_end|>]]\n<|im_start|>user\n" in shown
+    assert shown.endswith("[[One, two, three.<|im_end|>]]\n")
+    assert shown.replace("[[", "").replace("]]", "") == tok.decode(enc["input_ids"])
+    runs = supervised_runs(enc["input_ids"], enc["labels"], tok)
+    assert [supervised for _, supervised in runs] == [False, True, False, True, False]
+    assert show_sample(enc["input_ids"], enc["labels"], tok, "<", ">").count("<One, two") == 1
+
+
+@pytest.mark.parametrize("template_name", list(TEMPLATES))
+def test_template_facts_come_from_its_text_and_options(template_name):
+    """bos_in_template is read off the jinja, default_system off the render options: one source for each."""
+    template = get_template(template_name)
+    assert template.bos_in_template == ("{{- bos_token }}" in template.jinja or "{{ bos_token }}" in template.jinja)
+    assert template.default_system == template.options.get("default_system")
+    assert (template_name in ("gemma", "gemma3", "deepseek", "deepseek3", "llama3")) == template.bos_in_template
+
+
+@pytest.mark.parametrize("official_file, family", [
+    ("qwen1.5-chat.jinja", "qwen"), ("qwen2.5-instruct.jinja", "qwen"), ("qwen3.jinja", "qwen3"),
+    ("yi-chat.jinja", "yi"), ("gemma-it.jinja", "gemma"), ("phi-3.5-mini-instruct.jinja", "phi3"),
+    ("deepseek-llm-chat.jinja", "deepseek"), ("deepseek-v3.jinja", "deepseek3"), ("deepseek-r1.jinja", "deepseek3"),
+    ("llama-3-instruct.jinja", "llama3")])
+def test_detect_guesses_the_family_from_the_registry_markers(official_file, family, official):
+    """The marker guess reads only the registry's detect_markers: the longest matching set wins (Qwen3's ChatML
+    with thinking over Qwen's over Yi's bare ChatML; Gemma 3's over Gemma's)."""
+    assert _from_markers(official(official_file)) == family
+
+
+def test_detect_marker_guess_prefers_the_most_specific_family():
+    assert _from_markers(get_template("gemma3").jinja) == "gemma3"
+    assert _from_markers(get_template("qwen3").jinja) == "qwen3"
+    assert _from_markers("no markers here") is None

@@ -1,14 +1,20 @@
-"""utils.data: tool-calling records (OpenAI and ShareGPT) reach the template's official tool rendering with the
-call supervised; malformed input is a DataError naming file:line and field, skippable with invalid_records=skip."""
+"""utils.data: the three record shapes load as conversations; tool-calling records (OpenAI and ShareGPT) reach the
+template's official tool rendering with the call supervised; malformed input is a DataError naming file:line and
+field (exit 2 from the command line), skippable with invalid_records=skip; samples left without supervised tokens
+are dropped and counted, and a run with none refuses to train."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
 
+import main_train
+
 from chat_template import IGNORE_INDEX, get_template
-from tests.conftest import shared_path, write_jsonl
+from tests.conftest import REPO, TOY_RECORDS, shared_path, train_argv, write_jsonl
 from utils.data import DataError, build_datasets, encode_conversations, load_conversations
 
 OFFICIAL = {"qwen": "qwen2.5-instruct.jinja", "qwen3": "qwen3.jinja"}
@@ -200,3 +206,71 @@ def test_deeply_nested_json_is_a_data_error_naming_its_line(tmp_path):
     nested_json.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
     with pytest.raises(DataError, match="nested too deeply"):
         load_conversations(nested_json)
+
+
+def test_load_conversations_reads_the_three_shapes(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "i", "input": "x", "output": "o", "system": "s"}])
+    write_jsonl(tmp_path / "b.jsonl", [{"conversations": [{"from": "human", "value": "h"},
+                                                          {"from": "gpt", "value": "g"}], "system": "s"}])
+    (tmp_path / "c.json").write_text(json.dumps([{"messages": [{"role": "user", "content": "u"},
+                                                              {"role": "assistant", "content": "a"}]}]))
+    convs = load_conversations([str(tmp_path)])
+    assert [c.messages for c in convs] == [
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "i\nx"},
+         {"role": "assistant", "content": "o"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "h"}, {"role": "assistant", "content": "g"}],
+        [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]]
+    assert convs[0].source.endswith("a.jsonl:1") and convs[2].source.endswith("c.json:item 0")
+
+
+BAD_DATA = {
+    "invalid_json": ('{"instruction": "a", "output": "b"}\n{"instruction": oops}\n', 2, "invalid JSON"),
+    "missing_key": ('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n', 2, "field 'output' is missing"),
+    "unknown_role": ('{"messages": [{"role": "user", "content": "a"}, {"role": "bot", "content": "b"}]}\n', 1,
+                     "field 'messages[1].role' has unknown role 'bot'"),
+    "empty_content": ('{"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "b"}]}\n',
+                      1, "field 'messages[0].content' is empty"),
+    "non_string": ('{"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "b"}]}\n', 1,
+                   "field 'conversations[0].value' must be a string"),
+    "alternation": ('{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, '
+                    '{"role": "assistant", "content": "c"}]}\n', 1, "broken alternation"),
+    "special_text": ('{"instruction": "a <|im_end|> b", "output": "c"}\n', 1, "special-token text '<|im_end|>'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATA))
+def test_malformed_data_fails_with_file_line_and_field(case, tiny_model, tmp_path):
+    text, line, message = BAD_DATA[case]
+    data = tmp_path / "bad.jsonl"
+    data.write_text(text, encoding="utf-8")
+    out = tmp_path / "o"
+    with pytest.raises(DataError) as err:
+        main_train.main(train_argv(tiny_model("qwen"), data, out, "--template_name", "qwen"))
+    assert f"{data}:{line}:" in str(err.value) and message in str(err.value)
+    assert not out.exists()
+
+
+def test_malformed_data_exits_nonzero_from_the_command_line(tiny_model, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a"}\n', encoding="utf-8")
+    proc = subprocess.run([sys.executable, "main_train.py", *train_argv(tiny_model("qwen"), data, tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"error: {data}:1: field 'output' is missing" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_samples_without_supervised_tokens_are_dropped_and_counted(tiny_model, tmp_path, capsys):
+    long_prompt = {"instruction": "x " * 200, "output": "answer"}
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS + [long_prompt] * 3)
+    main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen",
+                               "--dry_run", "true"))
+    assert "dropped 3 of 11: no assistant tokens left after truncation to 64" in capsys.readouterr().out
+
+
+def test_all_samples_unsupervised_refuses_to_train(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "x " * 200, "output": "a"}] * 4)
+    with pytest.raises(DataError, match="no usable samples"):
+        main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen"))
+    assert not (tmp_path / "o").exists()
+

@@ -1,13 +1,18 @@
-"""The memory estimate: its parts respond to each switch the way the allocations do, and on a GPU it lands within
-15% of the measured peak (the bench rows check the same on the real 0.5B/7B shapes)."""
+"""The memory estimate: its parts respond to each switch the way the allocations do, on a GPU it lands within 15%
+of the measured peak (the bench rows check the same on the real 0.5B/7B shapes), and --dry_run prints it, sized by
+the largest micro-batch or piece and after memory_budget_gb, without loading weights."""
 from __future__ import annotations
 
 import gc
+import re
 
 import pytest
 import torch
 import transformers
 
+import main_train
+
+from tests.conftest import TOY_RECORDS, train_argv, write_jsonl
 from train_args.base import TrainArgs
 from utils.memory import estimate_peak, fit_micro_batch_max_tokens, meta_model, worst_batch_tokens
 
@@ -257,3 +262,37 @@ def test_estimate_within_15_percent_of_measured_peak(fields):
     measured = (torch.cuda.max_memory_allocated() - start) / 1e9
     predicted = estimate_peak(meta_model(args, config), args, sum(lengths), sum(lengths), 1)["total"]
     assert abs(predicted - measured) / measured < 0.15, (predicted, measured)
+
+
+def test_dry_run_predicts_peak_memory_without_loading_weights(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    assert main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen",
+                                      "--dry_run", "true")) is None
+    out = capsys.readouterr().out
+    assert re.search(r"predicted peak GPU memory \d+\.\d+ GB for the largest micro-batch", out)
+    for part in ("weights", "optimizer", "activations", "workspace"):
+        assert part in out
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_sizes_the_prediction_by_the_longest_piece(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    argv = train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
+                      "--padding_free", "true", "--per_device_train_batch_size", "4")
+    main_train.main(argv)
+    whole = re.search(r"largest micro-batch \(1 rows, (\d+) tokens\)", capsys.readouterr().out)
+    main_train.main(argv + ["--micro_batch_max_tokens", "30"])
+    piece = re.search(r"largest piece \(1 rows, (\d+) tokens\)", capsys.readouterr().out)
+    assert whole and piece and int(piece.group(1)) < int(whole.group(1))
+
+
+def test_memory_budget_is_applied_before_the_dry_run_prediction(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    argv = train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
+                      "--padding_free", "true", "--memory_budget_gb", "80")
+    main_train.main(argv)
+    assert "memory_budget_gb 80: the whole micro-batch fits" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"memory_budget_gb 0.0001: even a piece of .* does not fit"):
+        main_train.main(argv[:-1] + ["0.0001"])
+    assert not (tmp_path / "o").exists()
+

@@ -1,4 +1,5 @@
-"""utils/merge_lora.py merges an adapter only into the base it was trained on, in the base's own dtype."""
+"""utils/merge_lora.py merges an adapter only into the base it was trained on, in the base's own dtype, and the merged
+model gives the adapter's logits (a QLoRA adapter merges into the unquantized base)."""
 from __future__ import annotations
 
 import json
@@ -69,3 +70,31 @@ def test_merge_keeps_the_bases_own_dtype_by_default(adapter, tmp_path):
     """An fp32 base merges to fp32 (--dtype chooses another)."""
     merge_main(["--adapter_path", str(adapter), "--output_dir", str(tmp_path / "m")])
     assert merged_dtypes(tmp_path / "m") == {torch.float32}
+
+
+def test_merge_matches_adapter_logits(tiny_model, toy_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from peft import PeftModel
+    from utils.merge_lora import main as merge_main
+    model_dir = tiny_model("qwen")
+    main_train.main(train_argv(model_dir, toy_data, tmp_path / "ad", "--template_name", "qwen"))
+    merge_main(["--adapter_path", str(tmp_path / "ad"), "--output_dir", str(tmp_path / "m"), "--dtype", "float32"])
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        adapter = PeftModel.from_pretrained(base, tmp_path / "ad")(input_ids=ids).logits
+    assert (merged - adapter).abs().max() < 1e-4
+    assert (tmp_path / "m" / "generation_config.json").is_file()
+
+
+def test_qlora_adapter_merges_into_the_unquantized_base(tiny_model, toy_data, tmp_path):
+    from utils.merge_lora import merge
+    model_dir = tiny_model("qwen")
+    main_train.main(train_argv(model_dir, toy_data, tmp_path / "ad", "--template_name", "qwen",
+                               "--train_mode", "qlora"))
+    diff = merge(str(tmp_path / "ad"), str(tmp_path / "m"), dtype="float32")
+    assert diff < 1e-4
+    from transformers import AutoConfig
+    assert getattr(AutoConfig.from_pretrained(tmp_path / "m"), "quantization_config", None) is None
+

@@ -1,4 +1,5 @@
-"""DojoTrainer's shortcuts (cached FLOP count, clipping over trainable parameters only) change no result."""
+"""DojoTrainer's shortcuts (cached FLOP count, clipping over trainable parameters only) change no result; the loss
+is normalised over the whole accumulation window; a non-finite loss stops the run."""
 from __future__ import annotations
 
 
@@ -7,6 +8,8 @@ import torch
 import transformers
 from transformers import Trainer
 
+import main_train
+from tests.conftest import final_loss, train_argv, trainable_params, write_jsonl
 from train_args.base import TrainArgs
 from utils.model import apply_peft
 from utils.trainer import DojoTrainer, PaddingFreeCollator
@@ -104,3 +107,29 @@ def test_chunked_loss_refuses_a_model_that_transforms_its_logits(tmp_path):
     args = TrainArgs(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", chunked_loss=True)
     with pytest.raises(ValueError, match="chunked_loss reproduces .* 'cohere' is not among them"):
         build_trainer(transformers.CohereForCausalLM(config), args, None, [], None)
+
+
+def test_batch_times_accumulation_is_invariant(tiny_model, tmp_path):
+    """4 x 1 and 2 x 2 give the same step: the loss is normalised by supervised tokens over the whole window,
+    not averaged per micro-batch (samples here have very different numbers of supervised tokens)."""
+    records = [{"instruction": f"q{i}", "output": "word " * (1 + 7 * (i % 3))} for i in range(8)]
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    model_dir = tiny_model("qwen")
+    runs = []
+    for batch, accum in ((4, 1), (2, 2)):
+        runs.append(main_train.main(train_argv(
+            model_dir, data, tmp_path / f"o{batch}", "--template_name", "qwen", "--train_mode", "full",
+            "--max_steps", "2", "--per_device_train_batch_size", str(batch),
+            "--gradient_accumulation_steps", str(accum), "--seed", "1", "--data_seed", "1")))
+    a, b = trainable_params(runs[0]), trainable_params(runs[1])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    assert abs(final_loss(runs[0]) - final_loss(runs[1])) < 1e-4
+
+
+def test_non_finite_loss_stops_the_run(tiny_model, toy_data, tmp_path):
+    from utils.trainer import NonFiniteLossError
+    with pytest.raises(NonFiniteLossError, match="loss is nan"):
+        main_train.main(train_argv(tiny_model("qwen"), toy_data, tmp_path / "o", "--template_name", "qwen",
+                                   "--train_mode", "full", "--learning_rate", "1e30", "--max_grad_norm", "0"))
+

@@ -28,18 +28,9 @@ def load_tokenizer_and_template(tokenizer_path: str, template: str, trust_remote
 
 
 def spans(input_ids, labels, tokenizer) -> list[tuple[str, str | None]]:
-    """Decoded runs of tokens, each labelled supervised or not (the highlighted form of show_sample's [[ ]])."""
-    out, run, supervised = [], [], None
-    for token, label in zip(input_ids, labels):
-        is_supervised = label != chat_template.IGNORE_INDEX
-        if run and is_supervised != supervised:
-            out.append((tokenizer.decode(run), SUPERVISED if supervised else None))
-            run = []
-        supervised = is_supervised
-        run.append(token)
-    if run:
-        out.append((tokenizer.decode(run), SUPERVISED if supervised else None))
-    return out
+    """The sample's runs labelled for the highlighter: the highlighted form of the training log's [[ ]]."""
+    return [(text, SUPERVISED if supervised else None)
+            for text, supervised in chat_template.supervised_runs(input_ids, labels, tokenizer)]
 
 
 class DataTab:

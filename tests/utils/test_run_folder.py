@@ -1,5 +1,6 @@
-"""An output_dir belongs to one run: resumes continue only that run, overwrites move the old one aside, a finished
-run is not trained further, and nothing broken or half-written is ever taken for a checkpoint."""
+"""An output_dir belongs to one run: a resumed run ends where a straight one does, resumes continue only that run,
+a used folder is refused (a dry run only warns), overwrites move the old one aside, a finished run is not trained
+further, and nothing broken or half-written is ever taken for a checkpoint."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import main_train
-from tests.conftest import train_argv
+from tests.conftest import TOY_RECORDS, final_loss, train_argv, trainable_params, write_jsonl
 from utils.run_folder import RUN_RECORD, checkpoint_run_id, checkpoint_state, last_checkpoint, read_record
 from utils.trainer import NonFiniteLossError
 
@@ -172,3 +173,40 @@ def test_read_only_output_dir_is_an_error_before_anything_is_written(tmp_path, t
         assert f"error: output_dir: {locked} is not writable" in capsys.readouterr().err
     finally:
         locked.chmod(0o755)
+
+
+def test_resume_equals_straight_run(tiny_model, toy_data, tmp_path):
+    """N steps, crash, resume N steps == 2N straight (weights, optimizer, scheduler, RNG, data position)."""
+    model_dir = tiny_model("qwen")
+    common = ["--template_name", "qwen", "--max_steps", "6", "--save_steps", "3", "--lr_scheduler_type", "cosine",
+              "--lora_dropout", "0.1"]
+    straight = main_train.main(train_argv(model_dir, toy_data, tmp_path / "a", *common))
+    # a crashed run leaves checkpoint-3; a half-written checkpoint-6 (no trainer_state.json) must be skipped
+    crashed = tmp_path / "b"
+    shutil.copytree(tmp_path / "a" / "checkpoint-3", crashed / "checkpoint-3")
+    (crashed / "checkpoint-6").mkdir()
+    (crashed / "checkpoint-6" / "adapter_model.safetensors").write_bytes(b"partial")
+    resumed = main_train.main(train_argv(model_dir, toy_data, crashed, *common,
+                                         "--resume_from_checkpoint", "true"))
+    assert abs(final_loss(resumed) - final_loss(straight)) < 1e-5
+    for name, p in trainable_params(straight).items():
+        torch.testing.assert_close(trainable_params(resumed)[name], p, atol=1e-5, rtol=0)
+
+
+def test_non_empty_output_dir_is_refused(tiny_model, toy_data, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not empty"):
+        main_train.main(train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen"))
+    assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
+
+
+def test_dry_run_on_a_used_output_dir_warns_and_touches_nothing(tiny_model, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "d.jsonl", TOY_RECORDS)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("earlier results")
+    main_train.main(train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true"))
+    assert "a real run would stop here" in capsys.readouterr().out
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["keep.txt"]
+
