@@ -4,10 +4,11 @@
 # touches both sides alike. Used for a change that must keep speed and losses (a refactor).
 # Usage on the device:
 #   BEFORE=.gl/before ROWS="dojo_lora_graphs dojo_full_graphs" ETUDE_STEPS=60 bash bench/gpu_before_after.sh $OUT
-# BEFORE: a copy of the older tree (git archive COMMIT | tar -x -C .gl/before), carried with .whl and .device_assets.
+# BEFORE: a copy of the older tree (git archive COMMIT | tar -x -C .gl/before), carried with .whl and .device_assets;
+# AFTER: the newer tree (default: this one).
 # ROWS: bench.py rows (each its own bench.py call, --steps/--warmup from STEPS/WARMUP); ETUDE_STEPS 0: no pretraining.
 set -uo pipefail
-OUT=$1; ROOT=$PWD; BEFORE=$(cd "${BEFORE:-.gl/before}" && pwd); mkdir -p "$OUT"
+OUT=$1; ROOT=$PWD; BEFORE=$(cd "${BEFORE:-.gl/before}" && pwd); AFTER=$(cd "${AFTER:-.}" && pwd); mkdir -p "$OUT"
 [ -n "${SKIP_INSTALL:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export DOJO_SHARED_ASSETS=$ROOT/.device_assets/assets
@@ -22,7 +23,7 @@ in_tree() {  # in_tree TREE COMMAND...: run with that tree first on the path, fr
 }
 for row in ${ROWS:-dojo_lora_graphs dojo_dora_graphs_factored dojo_full_graphs}; do
   for side in before after; do
-    tree=$ROOT; [ $side = before ] && tree=$BEFORE
+    tree=$AFTER; [ $side = before ] && tree=$BEFORE
     echo "== $row $side" | tee -a "$LOG"
     in_tree "$tree" timeout "${ROW_TIMEOUT:-200}" ${PYTHON:-python3} bench/bench.py --out "/tmp/ba_$side" \
       --peer_bench "$ROOT/.device_assets/bench/peer_bench.py" --peers "" --ours "$row" --model "${MODEL:-0.5b}" \
@@ -35,7 +36,7 @@ GPT2="--preset etude-v0.1 --config_override num_hidden_layers=12 --config_overri
   --config_override tie_word_embeddings=true --config_override bias=false"
 if [ "${ETUDE_STEPS:-60}" -gt 0 ]; then
   for side in before after; do
-    tree=$ROOT; [ $side = before ] && tree=$BEFORE
+    tree=$AFTER; [ $side = before ] && tree=$BEFORE
     echo "== etude pretrain $side" | tee -a "$LOG"
     in_tree "$tree" timeout "${PRETRAIN_TIMEOUT:-150}" ${PYTHON:-python3} -m etude_model.pretrain $GPT2 --fused_ce \
       --config_override autocast_residual=true --tiktoken_file "$ROOT/.device_assets/gpt2.tiktoken" \
