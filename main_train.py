@@ -84,7 +84,8 @@ def main(argv=None):
     score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
                          "before training")
 
-    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, step_plan, callbacks=[RunIdentity(plan.run_id)])
+    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, step_plan,
+                            callbacks=[RunIdentity(plan.run_id)])
     add_progress(trainer)
     reset_measured_peak()
     started = time.perf_counter()

@@ -7,8 +7,8 @@ are peer_bench.py's own functions, imported from it, so both sides are measured 
 is a named step plan: TrainArgs overrides (OURS) that utils/plan.py resolves into a collator, a loss backend and a
 step runner, printed in the row's log. The run is built the way main_train.py builds it: TrainArgs -> apply_peft ->
 build_trainer (the plan's collator and step, our callbacks), and measured through the trainer's hooks and
-callbacks. Each configuration runs in its own subprocess (clean CUDA memory statistics). The peers are run through peer_bench.py's
-own orchestrator in the same call, and one table of all rows is printed last.
+callbacks. Each configuration runs in its own subprocess (clean CUDA memory statistics). The peers are run
+through peer_bench.py's own orchestrator in the same call, and one table of all rows is printed last.
 """
 from __future__ import annotations
 

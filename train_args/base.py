@@ -120,11 +120,12 @@ class TrainArgs(TrainingArguments):
         "LoRA init: default (A kaiming, B zero), gaussian, pissa, pissa_niter_N, olora, ..."))
     padding_free: bool = field(default=False, metadata=_help(
         "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
-        "(same loss and gradients; no compute spent on pad tokens). For Qwen/Llama/Gemma/Phi-3-type models."))
+        "(same loss and gradients; no compute spent on pad tokens). For the model types whose capabilities include "
+        "it (utils/plan.py: Qwen, Llama, Mistral, Gemma, Phi-3)."))
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
-        "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "
-        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Activation "
+        "cuts kernel launches, which dominate small-model steps. The first steps compile (bench/README.md has "
+        "the time); sequence lengths are dynamic shapes, so a new length does not recompile. Activation "
         "checkpointing stays outside the compiled layer, so it keeps only each layer's input, as eager does."))
     chunked_loss: bool = field(default=False, metadata=_help(
         "Fast path: the output head and the cross-entropy run a chunk of tokens at a time, gradients computed on the "
@@ -134,10 +135,12 @@ class TrainArgs(TrainingArguments):
     cuda_graphs: bool = field(default=False, metadata=_help(
         "Fast path (one CUDA GPU): replay each micro-batch's forward + backward as a CUDA graph, one launch instead "
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
-        "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
+        "cuda_graph_bucket tokens and the first batch of each padded length is captured (bench/README.md has the "
+        "time). "
         "Use lora_dropout 0: with dropout, checkpointing saves CUDA RNG state, which some torch versions refuse "
-        "inside a capture. Batches are copied to the GPU non-blocking (accelerator_config non_blocking), so the "
-        "host prepares the next step while the GPU runs this one. On CPU the plain step runs."))
+        "inside a capture. The run's plan copies batches to the GPU non-blocking (accelerator_config non_blocking, "
+        "unless given), so the host prepares the next step while the GPU runs this one. On CPU the plain step "
+        "runs."))
     cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     micro_batch_max_tokens: int = field(default=0, metadata=_help(
@@ -146,9 +149,9 @@ class TrainArgs(TrainingArguments):
         "the same step, with peak memory bounded by tokens instead of by the samples' lengths. 0: off."))
     memory_budget_gb: float = field(default=0.0, metadata=_help(
         "With padding_free: pick micro_batch_max_tokens (replacing any given) so that the predicted peak GPU "
-        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in train_args.json. Leave "
-        "headroom: within 15 percent on the bench rows and on the README's fast command at 0.5B and 7B; CUDA "
-        "graphs reserve more than they allocate (bench/README.md). Compare with the measured peak logged after "
+        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in step_plan.json. Leave "
+        "headroom: the prediction is not exact (bench/README.md compares it with measured peaks), and CUDA "
+        "graphs reserve more than they allocate. Compare with the measured peak logged after "
         "training. 0: off."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
@@ -183,8 +186,8 @@ class TrainArgs(TrainingArguments):
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
-        "Count the tokens trained on: non_padding (pad excluded; logs show tokens per second), all, or no. cuda_graphs sets "
-        "no: reading the count back would wait for the GPU every step."))
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens per second), all, or no. Under "
+        "cuda_graphs the run's plan counts none: reading the count back would wait for the GPU every step."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))

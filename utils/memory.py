@@ -18,7 +18,7 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
                  WORKSPACE_FRACTION of the rest.
 
-LOGIT_BYTES and the workspace were fitted on H100 measurements of 0.5B bench rows; bench/README.md compares
+LOGIT_BYTES and the workspace were fitted to the measured peaks of bench rows; bench/README.md compares
 prediction and peak on every bench row. They describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama,
 Yi, Mistral, Gemma, Phi-3).
 """
@@ -39,8 +39,8 @@ WORKSPACE_MIN = 0.15 * GB
 FIT_STEP = 256            # memory_budget_gb: cap granularity without CUDA graphs (with them: the bucket)
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 # DoRA, per output feature of each adapted linear and token. Kept for the backward: eager autograd keeps the base
-# output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU kept
-# 2.5 (H200 bench row dojo_dora_graphs_nockpt: 4.25 GB over the LoRA row): the magnitude's gradient needs only
+# output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU keeps
+# less, read off the DoRA bench row without checkpointing (bench/README.md): the magnitude's gradient needs only
 # their sum. While a layer is differentiated, its DoRA tensors and their fp32 gradients: 6 (checkpointed rows).
 DORA_KEPT_BYTES = {False: 4, True: 2.5}
 DORA_BACKWARD_BYTES = 6

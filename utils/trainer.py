@@ -95,7 +95,9 @@ class DojoTrainer(Trainer):
         # as the Trainer: a model without loss kwargs averages each micro-batch, and the Trainer then divides by the
         # accumulation steps
         num_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        if self.plan.loss_backend != "chunked":  # the wrapped model (liger_fused: as the Trainer patched it): DDP's forward hooks and accelerate's autocast run
+        # the wrapped model, so that DDP's forward hooks and accelerate's autocast run (liger_fused: the forward the
+        # Trainer patched)
+        if self.plan.loss_backend != "chunked":
             loss = causal_lm_loss(model, inputs, labels, num_items, backend="model")
         else:
             with self.accelerator.autocast():  # as the wrapped model's forward would run
