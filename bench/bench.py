@@ -4,7 +4,7 @@
 
 The model (random-init Qwen2.5-shaped), the synthetic SFT rows, the token meter, the step timer and the MFU formula
 are peer_bench.py's own functions, imported from it, so both sides are measured by the same code. Each of our rows
-is a named step plan: TrainArgs overrides (OURS) that utils/plan.py resolves into a collator, a loss backend and a
+is a named step plan: TrainArgs overrides (OURS) that utils/step_plan.py resolves into a collator, a loss backend and a
 step runner, printed in the row's log. The run is built the way main_train.py builds it: TrainArgs -> apply_peft ->
 build_trainer (the plan's collator and step, our callbacks), and measured through the trainer's hooks and
 callbacks. Each configuration runs in its own subprocess (clean CUDA memory statistics). The peers are run

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from utils.plan import switch_problems
+from utils.step_plan import switch_problems
 from utils.run_folder import resume_value
 
 TRAIN_MODES = ("full", "lora", "qlora")
@@ -121,7 +121,7 @@ class TrainArgs(TrainingArguments):
     padding_free: bool = field(default=False, metadata=_help(
         "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
         "(same loss and gradients; no compute spent on pad tokens). For the model types whose capabilities include "
-        "it (utils/plan.py: Qwen, Llama, Mistral, Gemma, Phi-3)."))
+        "it (utils/step_plan.py: Qwen, Llama, Mistral, Gemma, Phi-3)."))
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
         "cuts kernel launches, which dominate small-model steps. The first steps compile (bench/README.md has "
@@ -235,7 +235,7 @@ class TrainArgs(TrainingArguments):
         if problems:  # before TrainingArguments' own checks, so that every bad field of ours is reported at once
             raise ConfigError(problems)
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
-        # What the user gave, before TrainingArguments turns it into its dataclass: utils/plan.py derives
+        # What the user gave, before TrainingArguments turns it into its dataclass: utils/step_plan.py derives
         # non_blocking under cuda_graphs only where the user did not set it.
         self.given_accelerator_config = _given_dict(self.accelerator_config)
         super().__post_init__()
@@ -259,7 +259,7 @@ class TrainArgs(TrainingArguments):
 
     def problems(self) -> list[str]:
         """'field: what is wrong' for every field that breaks a rule of FIELD_RULES or of the fast-path switches'
-        SWITCH_RULES in utils/plan.py (no file is read)."""
+        SWITCH_RULES in utils/step_plan.py (no file is read)."""
         found = []
         for name, valid, rule in FIELD_RULES:
             try:

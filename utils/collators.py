@@ -1,6 +1,6 @@
 """Collators: a micro-batch of encoded samples ({input_ids, labels}, from utils/data.py) as the model's inputs.
 
-Which collator a run uses, and with which parameters, is its StepPlan's choice (utils/plan.py): `build_collator`.
+Which collator a run uses, and with which parameters, is its StepPlan's choice (utils/step_plan.py): `build_collator`.
 """
 from __future__ import annotations
 

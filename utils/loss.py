@@ -51,9 +51,9 @@ def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def check_model(config) -> None:
-    """Refuse chunked_loss for a model whose training loss it would not reproduce (utils/plan.py's
+    """Refuse chunked_loss for a model whose training loss it would not reproduce (utils/step_plan.py's
     MODEL_CAPABILITIES says which models it reproduces)."""
-    from utils.plan import capability_problems
+    from utils.step_plan import capability_problems
     problems = capability_problems(config, chunked_loss=True)
     if problems:
         raise ValueError("; ".join(problems))

@@ -30,7 +30,7 @@ import math
 import torch
 
 from utils.loss import chunk_tokens
-from utils.plan import resolve
+from utils.step_plan import resolve
 
 GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
@@ -103,7 +103,7 @@ def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
 def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) -> dict[str, float]:
     """Predicted peak allocated memory of a training step, by part (GB), for a micro-batch of `rows` rows of
     `row_len` tokens (`tokens` = rows * row_len padded, or the packed total). plan: the run's StepPlan
-    (utils/plan.py; omitted: the one the args describe), which says the loss backend, the attention's inputs and
+    (utils/step_plan.py; omitted: the one the args describe), which says the loss backend, the attention's inputs and
     whether gradients are held in fixed buffers.
 
     The peak is the larger of two moments. At the loss: weights, optimizer states, the checkpointed layer inputs
@@ -199,7 +199,7 @@ def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size
     """memory_budget_gb: (the largest micro_batch_max_tokens whose predicted peak fits the budget, 0 when the whole
     micro-batch fits; the reason, to log). Caps are tried from the whole micro-batch down, in steps of the
     CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split. args is not changed:
-    utils/plan.py's StepPlan holds the cap."""
+    utils/step_plan.py's StepPlan holds the cap."""
     given = f" (replacing the given {args.micro_batch_max_tokens})" if args.micro_batch_max_tokens else ""
     model = meta_model(args, config, vocab_size)
     plan = plan or resolve(args)

@@ -5,7 +5,7 @@ We use the HF `Trainer` (not trl's SFTTrainer): our data is already input_ids + 
 SFTTrainer's own formatting/masking would be a second, competing source of truth. The Trainer brings what must
 be exactly right and is hard to write: gradient accumulation normalised by supervised tokens over the whole
 window (`num_items_in_batch`), exact resume (optimizer, scheduler, RNG, data position), DDP/DeepSpeed/FSDP.
-What runs in a step (collator, loss backend, step runner) is the run's StepPlan (utils/plan.py), read here.
+What runs in a step (collator, loss backend, step runner) is the run's StepPlan (utils/step_plan.py), read here.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from chat_template import IGNORE_INDEX
 from utils.collators import build_collator
 from utils.cuda_graphs import GraphedStep
 from utils.loss import causal_lm_loss
-from utils.plan import build_plan
+from utils.step_plan import build_plan
 from utils.progress import ProgressFile
 
 
@@ -43,7 +43,7 @@ class StopOnNonFiniteLoss(TrainerCallback):
 
 
 class DojoTrainer(Trainer):
-    """The HF Trainer running the step of a StepPlan (utils/plan.py), minus two walks over every parameter of the
+    """The HF Trainer running the step of a StepPlan (utils/step_plan.py), minus two walks over every parameter of the
     model on every step.
 
     plan: the run's StepPlan (omitted: the one the args and the model's config give). The Trainer runs with a copy

@@ -11,7 +11,7 @@ import transformers
 from train_args.base import TrainArgs
 from utils.model import apply_peft, compile_layers
 from utils.collators import build_collator
-from utils.plan import build_plan
+from utils.step_plan import build_plan
 from utils.trainer import DojoTrainer
 
 PLAIN = dict(attn_implementation="sdpa")

@@ -16,7 +16,7 @@ import main_train
 from tests.conftest import train_argv
 from train_args.base import ConfigError, TrainArgs
 from utils.loss import check_model
-from utils.plan import MODEL_CAPABILITIES, build_plan, capability_problems
+from utils.step_plan import MODEL_CAPABILITIES, build_plan, capability_problems
 from utils.trainer import DojoTrainer
 
 REPO = Path(__file__).resolve().parents[2]
