@@ -207,8 +207,9 @@ def derived_settings(args, eval_data: bool = False) -> tuple[Derived, ...]:
     """The Trainer settings the plan implies. A value the user gave explicitly is kept."""
     found = []
     if eval_data and str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "no":
-        found += [Derived("eval_strategy", "steps", "there is evaluation data"),
-                  Derived("eval_steps", args.eval_steps or args.save_steps, "evaluate at every checkpoint")]
+        found.append(Derived("eval_strategy", "steps", "there is evaluation data"))
+        if not args.eval_steps:
+            found.append(Derived("eval_steps", args.save_steps, "evaluate at every checkpoint"))
     if not args.cuda_graphs:
         return tuple(found)
     kwargs = dict(args.activation_checkpointing_kwargs or {})

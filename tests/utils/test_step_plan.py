@@ -108,6 +108,16 @@ def test_given_settings_win_over_derived_ones():
     assert not trainer.accelerator.dataloader_config.non_blocking
 
 
+def test_evaluation_data_turns_on_evaluation_at_each_checkpoint_in_the_trainers_args_only():
+    args = _args(save_steps=7)
+    trainer_args = build_plan(args, _qwen2(), eval_data=True).trainer_args(args)
+    assert (trainer_args.eval_strategy, trainer_args.eval_steps) == ("steps", 7)
+    assert args.eval_strategy == "no" and args.eval_steps is None
+    given = _args(eval_steps=3)
+    assert build_plan(given, _qwen2(), eval_data=True).trainer_args(given).eval_steps == 3
+    assert build_plan(args, _qwen2()).derived == ()  # no evaluation data: nothing to evaluate
+
+
 def test_plan_is_logged_once_and_recorded_in_the_run_folder(tiny_model, toy_data, tmp_path, capsys):
     """The dry run logs the one plan line, memory_budget_gb's choice with its reason; the field keeps its value."""
     argv = train_argv(tiny_model("qwen"), toy_data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
