@@ -11,8 +11,9 @@ import utils  # noqa: F401  (first: silences harmless library warnings at startu
 from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
-from utils.memory import estimate_for_run, fit_micro_batch_max_tokens, measured_peak, reset_measured_peak
-from utils.model import apply_peft, build_model, build_optimizer, compile_layers, count_parameters
+from utils.memory import estimate_for_run, measured_peak, reset_measured_peak
+from utils.model import apply_peft, build_model, compile_layers, count_parameters
+from utils.step_plan import build_plan, model_config
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.score import exact_match, write_score
@@ -59,18 +60,20 @@ def main(argv=None):
 
     # Data is validated and encoded before anything is written, so bad input leaves output_dir untouched.
     train_set, eval_set, score_set = build_datasets(args, tokenizer, template_name, log)
-    if eval_set is not None and args.eval_strategy == "no":
-        args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
-    lengths = [len(ids) for ids in train_set["input_ids"]]
-    if args.memory_budget_gb:  # sets micro_batch_max_tokens from the memory estimate
-        log(fit_micro_batch_max_tokens(args, lengths, vocab_size=len(tokenizer)))
+    # What runs in each step, from the switches and the model's config (read, no weights loaded); memory_budget_gb
+    # sizes micro_batch_max_tokens from the samples' lengths here.
+    lengths, config = [len(ids) for ids in train_set["input_ids"]], model_config(args, len(tokenizer))
+    step_plan = build_plan(args, config, lengths, len(tokenizer), eval_data=eval_set is not None)
+    log(f"plan: {step_plan.describe()}")
     if args.dry_run:
-        log(estimate_for_run(args, lengths, vocab_size=len(tokenizer)))
+        log(estimate_for_run(args, lengths, config, len(tokenizer), step_plan))
         log("dry run: config, tokenizer and data are valid; stopping before the model is loaded")
         return None
 
-    if rank0() and (moved := claim_output_dir(args, plan)):
-        log(moved)
+    if rank0():
+        if moved := claim_output_dir(args, plan):
+            log(moved)
+        step_plan.save(args.output_dir)
 
     model = build_model(args, vocab_size=len(tokenizer))
     model = compile_layers(apply_peft(model, args), args)
@@ -81,7 +84,7 @@ def main(argv=None):
     score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
                          "before training")
 
-    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, optimizer=build_optimizer(model, args),
+    trainer = build_trainer(model, args, tokenizer, train_set, eval_set, step_plan,
                             callbacks=[RunIdentity(plan.run_id)])
     add_progress(trainer)
     reset_measured_peak()

@@ -3,10 +3,12 @@
     python bench/bench.py --out OUT [--peer_bench ../shared/bench/peer_bench.py] [--model 0.5b] [--steps 30]
 
 The model (random-init Qwen2.5-shaped), the synthetic SFT rows, the token meter, the step timer and the MFU formula
-are peer_bench.py's own functions, imported from it, so both sides are measured by the same code. Our rows build
-the run the way main_train.py does: TrainArgs -> apply_peft -> build_trainer (our collator, our callbacks). Each
-configuration runs in its own subprocess (clean CUDA memory statistics). The peers are run through peer_bench.py's
-own orchestrator in the same call, and one table of all rows is printed last.
+are peer_bench.py's own functions, imported from it, so both sides are measured by the same code. Each of our rows
+is a named step plan: TrainArgs overrides (OURS) that utils/step_plan.py resolves into a collator, a loss backend and a
+step runner, printed in the row's log. The run is built the way main_train.py builds it: TrainArgs -> apply_peft ->
+build_trainer (the plan's collator and step, our callbacks), and measured through the trainer's hooks and
+callbacks. Each configuration runs in its own subprocess (clean CUDA memory statistics). The peers are run
+through peer_bench.py's own orchestrator in the same call, and one table of all rows is printed last.
 """
 from __future__ import annotations
 
@@ -50,8 +52,8 @@ OURS.update({
     "dojo_lora_graphs_ga2": dict(GRAPHS, compile_layers=True, accumulate=2),  # 2 micro-batches of 4 samples
     "dojo_lora_graphs_blocking": dict(GRAPHS, compile_layers=True, accelerator_config={"non_blocking": False}),
     "dojo_lora7b_graphs_ga2": dict(GRAPHS, compile_layers=True, model="7b", accumulate=2),
-    # the same 8 samples per micro-batch, run in pieces of at most N tokens (peak memory set by N; utils/memory.py
-    # predicts 1.77 / 1.72 GB at 0.5B with 3,584 / 3,072 tokens, 17.9 / 17.7 GB at 7B with 3,072 / 2,560)
+    # the same 8 samples per micro-batch, run in pieces of at most N tokens (peak memory set by N; each row's
+    # predicted and measured peak are in its results)
     "dojo_lora_graphs_cap3584": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3584),
     "dojo_lora_graphs_cap3072": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3072),
     "dojo_lora7b_graphs_cap3072": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=3072),
@@ -109,15 +111,15 @@ def host_profile_callback(start: int, stop: int):
 
 
 def instrument(trainer, meter):
-    """peer_bench's instrument, except that a bucketed row's filler sample (cuda_graphs) is not counted as data:
-    its real tokens end at the last sample boundary (counted on the GPU, no host sync, as peer_bench's Meter)."""
+    """peer_bench's instrument, through the trainer's micro-batch hook, except that a bucketed row's filler sample
+    is not counted as data: its real tokens end at the last sample boundary (counted on the GPU, no host sync, as
+    peer_bench's Meter)."""
     import torch
-    orig = trainer.training_step
     meter.fed = []  # tokens per forward: the micro-batch's row, or the longest of its pieces
 
-    def training_step(model, inputs, *rest, **kw):
+    def record(inputs, loss):
         meter.fed.append(max(b["input_ids"].numel() for b in inputs.get("pieces", [inputs])))
-        if trainer.args.cuda_graphs and "pieces" not in inputs:  # a split micro-batch keeps its unpadded whole row
+        if trainer.plan.collator == "bucketed" and "pieces" not in inputs:  # a split one keeps its unpadded row
             pos, cu = inputs["position_ids"], inputs["cu_seq_lens_q"]
             real = torch.arange(pos.shape[-1], device=pos.device) < cu[-2]
             meter.batches.append(dict(real=real.sum(), nseq=((pos[0] == 0) & real).sum(),
@@ -126,11 +128,30 @@ def instrument(trainer, meter):
                                       padded=torch.tensor(pos.numel())))
         else:
             meter.record(inputs)
-        loss = orig(model, inputs, *rest, **kw)
         meter.losses.append(loss.detach().float())
-        return loss
 
-    trainer.training_step = training_step
+    trainer.micro_batch_hooks.append(record)
+
+
+def row_fields(name: str, a, dev: str) -> tuple[dict, str, int, int]:
+    """Bench row `name` as (TrainArgs fields, peer_bench model key, samples per optimizer step, micro-batches per
+    optimizer step): the peers' common LoRA recipe, then the row's overrides."""
+    spec = dict(OURS[name])
+    model_key, batch = spec.pop("model", a.model), spec.pop("batch", a.batch)
+    accumulate = spec.pop("accumulate", 1)  # the same samples per optimizer step, in this many micro-batches
+    warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
+    fields = dict(
+        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True,
+        per_device_train_batch_size=batch // accumulate, gradient_accumulation_steps=accumulate,
+        max_steps=warmup + steps + a.profile_steps, learning_rate=2e-4,
+        lr_scheduler_type="constant", warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora",
+        lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
+        disable_tqdm=True, seed=a.seed, data_seed=a.seed)
+    fields.update(spec)
+    if dev == "cpu":  # CUDA-only switches
+        for key in ("optim", "use_liger_kernel", "liger_kernel_config"):
+            fields.pop(key, None)
+    return fields, model_key, batch, accumulate
 
 
 def run_ours(name: str, a) -> dict:
@@ -142,26 +163,13 @@ def run_ours(name: str, a) -> dict:
     from utils.trainer import build_trainer
 
     pb = load_peer_bench(a.peer_bench)
-    spec = dict(OURS[name])
-    model_key, batch = spec.pop("model", a.model), spec.pop("batch", a.batch)
-    accumulate = spec.pop("accumulate", 1)  # the same samples per optimizer step, in this many micro-batches
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    fields, model_key, batch, accumulate = row_fields(name, a, dev)
     warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
     dims = pb.MODEL_DIMS[model_key]
     total = warmup + steps
     rows, _ = pb.make_rows((total + a.profile_steps + 4) * batch, a.seed)  # peer_bench's count: the same rows
     tok = pb.build_tokenizer()
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    fields = dict(
-        output_dir=tempfile.mkdtemp(prefix=name), overwrite_output_dir=True,
-        per_device_train_batch_size=batch // accumulate, gradient_accumulation_steps=accumulate,
-        max_steps=total + a.profile_steps, learning_rate=2e-4,
-        lr_scheduler_type="constant", warmup_steps=0, bf16=dev == "cuda", use_cpu=dev == "cpu", train_mode="lora",
-        lora_rank=16, lora_alpha=32, lora_dropout=0.0, save_strategy="no", logging_strategy="no", report_to="none",
-        disable_tqdm=True, seed=a.seed, data_seed=a.seed)
-    fields.update(spec)
-    if dev == "cpu":  # CUDA-only switches
-        for key in ("optim", "use_liger_kernel", "liger_kernel_config"):
-            fields.pop(key, None)
     args = TrainArgs(**fields)
     from transformers import set_seed
     set_seed(a.seed)  # as peer_bench's workers: every row starts from the same random model
@@ -173,9 +181,10 @@ def run_ours(name: str, a) -> dict:
     host_profile = host_profile_callback(warmup, total) if a.cprofile else None
     trainer = build_trainer(model, args, tok, pb.ListDataset(rows), None,
                             callbacks=[timer] + ([host_profile] if host_profile else []))
+    print(f"plan {name}: {trainer.plan.describe()}", flush=True)
     meter = pb.Meter()
     instrument(trainer, meter)
-    captures = watch_captures(meter) if dev == "cuda" else []
+    captures = watch_captures(trainer, meter) if dev == "cuda" else []
     if dev == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -198,8 +207,9 @@ def run_ours(name: str, a) -> dict:
     micro = [float(x) for x in meter.losses]  # each micro-batch's share of its step's loss (num_items scaling)
     losses = [sum(micro[i:i + accumulate]) for i in range(0, len(micro), accumulate)]
     fed = max(meter.fed)  # the most tokens one forward saw (a micro-batch, or its longest piece)
-    rows_fed = 1 if args.padding_free else batch // accumulate
-    predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, fed, fed // rows_fed, rows_fed)
+    rows_fed = 1 if trainer.plan.padding_free else batch // accumulate
+    predicted = estimate_peak(meta_model(args, pb.qwen2_config(dims)), args, fed, fed // rows_fed, rows_fed,
+                              trainer.plan)
     res = dict(config=name, status="ok", model=model_key, batch=batch, tokens_per_s=round(T / dt, 1),
                step_s=round(dt / steps, 4),
                peak_alloc_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3) if dev == "cuda" else None,
@@ -208,7 +218,8 @@ def run_ours(name: str, a) -> dict:
                peak_reserved_gb=round(torch.cuda.max_memory_reserved() / 1e9, 3) if dev == "cuda" else None,
                graphs=len(trainer._graphed.graphs) if trainer._graphed else None,
                max_batch_tokens=fed, predicted_peak_gb=round(predicted["total"], 3),
-               predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=spec)
+               predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=OURS[name],
+               plan=trainer.plan.to_dict())
     if a.profile_steps:
         res.update(timer.profile_summary())
         if timer.prof is not None:
@@ -217,23 +228,17 @@ def run_ours(name: str, a) -> dict:
     return res
 
 
-def watch_captures(meter) -> list[dict]:
-    """Per CUDA-graph capture: when (micro-batch index), its length, its time and the allocated-memory peak it
-    reached (GB). A capture inside the timed window is in the row's tokens/s."""
+def watch_captures(trainer, meter) -> list[dict]:
+    """Per CUDA-graph capture, through the trainer's capture hook: when (micro-batch index), its length, its time
+    and the allocated-memory peak it reached (GB). A capture inside the timed window is in the row's tokens/s."""
     import torch
+    log = []
 
-    from utils.cuda_graphs import GraphedStep
-    log, capture = [], GraphedStep.capture
+    def watched(inputs, seconds):  # the micro-batch hook records the micro-batch after its step: not counted yet
+        log.append(dict(micro_batch=len(meter.batches), tokens=inputs["input_ids"].shape[-1],
+                        seconds=round(seconds, 2), peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3)))
 
-    def watched(self, inputs, *rest):
-        t0 = time.perf_counter()
-        entry = capture(self, inputs, *rest)
-        log.append(dict(micro_batch=len(meter.batches) - 1, tokens=inputs["input_ids"].shape[-1],
-                        seconds=round(time.perf_counter() - t0, 2),
-                        peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3)))
-        return entry
-
-    GraphedStep.capture = watched
+    trainer.capture_hooks.append(watched)
     return log
 
 

@@ -79,6 +79,7 @@ def test_family_method_trains_saves_and_reloads(family, method, tiny_model, toy_
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
     assert (out / ("model.safetensors" if method == "full" else ADAPTER_FILE)).is_file()
     assert (out / "loss_curve.png").is_file() and (out / "train_args.json").is_file()
+    assert json.loads((out / "step_plan.json").read_text())["collator"] in ("plain", "padding_free")
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])

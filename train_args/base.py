@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
+from utils.step_plan import switch_problems
 from utils.run_folder import resume_value
 
 TRAIN_MODES = ("full", "lora", "qlora")
@@ -119,11 +120,12 @@ class TrainArgs(TrainingArguments):
         "LoRA init: default (A kaiming, B zero), gaussian, pissa, pissa_niter_N, olora, ..."))
     padding_free: bool = field(default=False, metadata=_help(
         "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
-        "(same loss and gradients; no compute spent on pad tokens). For Qwen/Llama/Gemma/Phi-3-type models."))
+        "(same loss and gradients; no compute spent on pad tokens). For the model types whose capabilities include "
+        "it (utils/step_plan.py: Qwen, Llama, Mistral, Gemma, Phi-3)."))
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
-        "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "
-        "0.5B model); sequence lengths are dynamic shapes, so a new length does not recompile. Activation "
+        "cuts kernel launches, which dominate small-model steps. The first steps compile (bench/README.md has "
+        "the time); sequence lengths are dynamic shapes, so a new length does not recompile. Activation "
         "checkpointing stays outside the compiled layer, so it keeps only each layer's input, as eager does."))
     chunked_loss: bool = field(default=False, metadata=_help(
         "Fast path: the output head and the cross-entropy run a chunk of tokens at a time, gradients computed on the "
@@ -133,10 +135,12 @@ class TrainArgs(TrainingArguments):
     cuda_graphs: bool = field(default=False, metadata=_help(
         "Fast path (one CUDA GPU): replay each micro-batch's forward + backward as a CUDA graph, one launch instead "
         "of thousands. Needs padding_free and attn_implementation varlen; rows are padded to a multiple of "
-        "cuda_graph_bucket tokens and the first batch of each padded length is captured (about two steps' time). "
+        "cuda_graph_bucket tokens and the first batch of each padded length is captured (bench/README.md has the "
+        "time). "
         "Use lora_dropout 0: with dropout, checkpointing saves CUDA RNG state, which some torch versions refuse "
-        "inside a capture. Batches are copied to the GPU non-blocking (accelerator_config non_blocking), so the "
-        "host prepares the next step while the GPU runs this one. On CPU the plain step runs."))
+        "inside a capture. The run's plan copies batches to the GPU non-blocking (accelerator_config non_blocking, "
+        "unless given), so the host prepares the next step while the GPU runs this one. On CPU the plain step "
+        "runs."))
     cuda_graph_bucket: int = field(default=512, metadata=_help(
         "cuda_graphs: pad packed rows to a multiple of this many tokens. Smaller: less padding, more graphs."))
     micro_batch_max_tokens: int = field(default=0, metadata=_help(
@@ -145,9 +149,9 @@ class TrainArgs(TrainingArguments):
         "the same step, with peak memory bounded by tokens instead of by the samples' lengths. 0: off."))
     memory_budget_gb: float = field(default=0.0, metadata=_help(
         "With padding_free: pick micro_batch_max_tokens (replacing any given) so that the predicted peak GPU "
-        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in train_args.json. Leave "
-        "headroom: within 15 percent on the bench rows and on the README's fast command at 0.5B and 7B; CUDA "
-        "graphs reserve more than they allocate (bench/README.md). Compare with the measured peak logged after "
+        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in step_plan.json. Leave "
+        "headroom: the prediction is not exact (bench/README.md compares it with measured peaks), and CUDA "
+        "graphs reserve more than they allocate. Compare with the measured peak logged after "
         "training. 0: off."))
     dry_run: bool = field(default=False, metadata=_help(
         "Validate config, tokenizer and data, print the sample and the summary, and stop before training."))
@@ -182,8 +186,8 @@ class TrainArgs(TrainingArguments):
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
-        "Count the tokens trained on: non_padding (pad excluded; logs show tokens per second), all, or no. cuda_graphs sets "
-        "no: reading the count back would wait for the GPU every step."))
+        "Count the tokens trained on: non_padding (pad excluded; logs show tokens per second), all, or no. Under "
+        "cuda_graphs the run's plan counts none: reading the count back would wait for the GPU every step."))
     logging_nan_inf_filter: bool = field(default=False, metadata=_help(
         "Off here: a non-finite loss must be seen (and stop the run), not averaged away."))
     remove_unused_columns: bool = field(default=False, metadata=_help("Keep our collated columns."))
@@ -231,20 +235,9 @@ class TrainArgs(TrainingArguments):
         if problems:  # before TrainingArguments' own checks, so that every bad field of ours is reported at once
             raise ConfigError(problems)
         self.resume_from_checkpoint = resume_value(self.resume_from_checkpoint)
-        if self.cuda_graphs and self.activation_checkpointing and (self.train_mode == "full" or not self.lora_dropout):
-            # Nothing random runs in a layer (no dropout), so the recompute needs no saved RNG state; reading the
-            # CUDA RNG state inside a graph capture is refused by some torch versions.
-            kwargs = self.activation_checkpointing_kwargs or {}
-            kwargs = json.loads(kwargs) if isinstance(kwargs, str) else kwargs
-            self.activation_checkpointing_kwargs = {"preserve_rng_state": False, **kwargs}
-        if self.cuda_graphs and (self.accelerator_config is None or isinstance(self.accelerator_config, dict)):
-            # Copy each batch to the GPU without waiting for it (from pinned memory): a blocking copy synchronises
-            # with the queued step, so the host would collate the next batch while the GPU sits idle.
-            self.accelerator_config = {"non_blocking": True, **(self.accelerator_config or {})}
-        if self.cuda_graphs and self.include_num_input_tokens_seen == "non_padding":
-            # The Trainer counts each batch's tokens on the GPU and reads the count back, waiting for the queued
-            # step: the graph path must not wait, so it logs no token rate (the ETA stays).
-            self.include_num_input_tokens_seen = "no"
+        # What the user gave, before TrainingArguments turns it into its dataclass: utils/step_plan.py derives
+        # non_blocking under cuda_graphs only where the user did not set it.
+        self.given_accelerator_config = _given_dict(self.accelerator_config)
         super().__post_init__()
 
     def _resolve_rlhf_type(self) -> list[str]:
@@ -265,7 +258,8 @@ class TrainArgs(TrainingArguments):
         return []
 
     def problems(self) -> list[str]:
-        """'field: what is wrong' for every field that breaks a rule of FIELD_RULES (no file is read)."""
+        """'field: what is wrong' for every field that breaks a rule of FIELD_RULES or of the fast-path switches'
+        SWITCH_RULES in utils/step_plan.py (no file is read)."""
         found = []
         for name, valid, rule in FIELD_RULES:
             try:
@@ -274,7 +268,19 @@ class TrainArgs(TrainingArguments):
                 ok = False
             if not ok:
                 found.append(f"{name}: {rule}, got {getattr(self, name)!r}")
-        return found
+        return found + switch_problems(self)
+
+
+def _given_dict(value) -> dict | None:
+    """accelerator_config as the keys the user set: None for a file path or an AcceleratorConfig."""
+    if value is None:
+        return {}
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:  # TrainingArguments reports it
+            return None
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _lora(a) -> bool:
@@ -310,18 +316,6 @@ FIELD_RULES = (
     ("use_dora", lambda a: not a.use_dora or _lora(a), "needs train_mode lora or qlora"),
     ("factored_dora_norm", lambda a: not a.factored_dora_norm or a.use_dora,
      "is a DoRA fast path: set use_dora true as well"),
-    ("attn_implementation", lambda a: a.attn_implementation != "varlen" or a.padding_free,
-     "varlen needs padding_free true (it reads the packed samples' boundaries from the padding-free collator)"),
-    ("cuda_graphs", lambda a: not a.cuda_graphs or (a.padding_free and a.attn_implementation == "varlen"),
-     "needs padding_free true and attn_implementation varlen (a graph must run without host synchronisation, "
-     "which the mask-building attention paths do)"),
-    ("fp16", lambda a: not (a.cuda_graphs and a.fp16), "cuda_graphs does not support fp16 loss scaling: use bf16"),
-    ("cuda_graph_bucket", lambda a: a.cuda_graph_bucket >= 1, "must be >= 1"),
-    ("micro_batch_max_tokens", lambda a: a.micro_batch_max_tokens == 0 or (
-        a.micro_batch_max_tokens > 0 and a.padding_free), "must be >= 0 and needs padding_free true (pieces are "
-     "packed rows)"),
-    ("memory_budget_gb", lambda a: a.memory_budget_gb == 0 or (a.memory_budget_gb > 0 and a.padding_free),
-     "must be >= 0 and needs padding_free true (it chooses micro_batch_max_tokens)"),
     ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
     ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
     ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),
@@ -343,8 +337,6 @@ FIELD_RULES = (
      "must be > 0 with pref_loss exo_pair (the EXO paper uses 1e-3)"),
     ("kto_desirable_weight", lambda a: a.kto_desirable_weight > 0, "must be > 0"),
     ("kto_undesirable_weight", lambda a: a.kto_undesirable_weight > 0, "must be > 0"),
-    ("stage", lambda a: a.stage == "sft" or not (a.padding_free or a.chunked_loss or a.cuda_graphs),
-     "padding_free, chunked_loss and cuda_graphs are SFT fast paths (trl computes preference log-probs itself)"),
     ("ref_model_path", lambda a: not _reference_free(a) or not (a.ref_model_path or a.precompute_ref_log_probs),
      "this stage and pref_loss use no reference policy: drop ref_model_path and precompute_ref_log_probs"),
 )

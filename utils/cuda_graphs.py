@@ -1,7 +1,7 @@
 """Forward + backward of a micro-batch replayed as one CUDA graph: `cuda_graphs: true`.
 
-A 0.5B model's step is a few thousand small kernels, and the GPU spends most of the step waiting for Python to
-launch them (bench/README.md: busy 15% of the step). A CUDA graph records the kernels of one forward + backward
+A small model's step is a few thousand small kernels, and the GPU spends most of the step waiting for Python to
+launch them (bench/README.md measures how much). A CUDA graph records the kernels of one forward + backward
 once and replays them with a single launch. A graph fixes every shape and address, so:
   - micro-batches are padded-free rows padded up to a multiple of `cuda_graph_bucket` tokens (PaddingFreeCollator);
     each padded length gets its own graph, captured the first time it is seen (a warm-up run, then the capture);
@@ -15,6 +15,7 @@ The optimizer step, clipping and logging stay eager (they are a few fused launch
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -34,11 +35,13 @@ class _Graph:
 
 class GraphedStep:
     """loss_fn(inputs, num_items) -> scalar loss; call(inputs, num_items) runs forward + backward by graph replay
-    and returns the loss (a copy: the graph's own output is overwritten by the next replay)."""
+    and returns the loss (a copy: the graph's own output is overwritten by the next replay). on_capture: functions
+    (inputs, seconds) called after each capture (warm-up runs included)."""
 
-    def __init__(self, params: list[torch.nn.Parameter], loss_fn):
+    def __init__(self, params: list[torch.nn.Parameter], loss_fn, on_capture=()):
         self.params = params
         self.loss_fn = loss_fn
+        self.on_capture = on_capture
         self.grads = [torch.zeros_like(p) for p in params]
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle()
@@ -86,7 +89,10 @@ class GraphedStep:
             self._bind_grads(zero=True)
         entry = self.graphs.get(key)
         if entry is None:
+            started = time.perf_counter()
             entry = self.graphs[key] = self.capture(inputs, num_items, first_micro_batch)
+            for hook in self.on_capture:
+                hook(inputs, time.perf_counter() - started)
         for name, buffer in entry.inputs.items():
             if torch.is_tensor(buffer):
                 buffer.copy_(inputs[name], non_blocking=True)

@@ -3,12 +3,12 @@ path and chunked_loss, pretraining's plain loop and --fused_ce). It adds every a
 own loss (an MoE model's load-balancing loss), so no fast path can drop one.
 
 Backend "chunked" (`chunked_loss: true`): cross-entropy over the vocabulary without materialising the logits.
-A 152k-word vocabulary makes the logits the largest tensor of a small model's step: 4,400 tokens x 152k words is
-1.3 GB in bf16, and the plain loss adds an fp32 copy and an fp32 log-softmax (~8 GB with its gradient). Here the
+A large vocabulary makes the logits the largest tensor of a small model's step (tokens x vocabulary, in bf16), and
+the plain loss adds an fp32 copy and an fp32 log-softmax, and their gradient (bench/README.md has sizes). Here the
 output head and the loss run on a chunk of tokens at a time, and each chunk's gradient is computed right away (the
 loss is a sum, so d loss / d hidden is known in the forward): only one chunk's logits and their gradient exist at
-once. Liger's fused linear-cross-entropy does the same, but sizes chunks so small for a large vocabulary (32 tokens
-here) that the step is dominated by hundreds of launches and re-reads of the head, and it reads the token count
+once. Liger's fused linear-cross-entropy does the same, but sizes chunks so small for a large vocabulary (a few
+dozen tokens) that the step is dominated by hundreds of launches and re-reads of the head, and it reads the token count
 back to the host (a sync that rules out CUDA graphs). Chunks here are sized by a memory budget (CHUNK_BYTES).
 
 Gradients match the plain path: d loss / d logits = softmax - onehot, in fp32, stored in the logits' dtype (as
@@ -50,24 +50,13 @@ def _chunk_loss_and_grad(logits: torch.Tensor, labels: torch.Tensor,
     return loss, grad.to(logits.dtype)
 
 
-# Causal LMs whose logits are the output head's, at most soft-capped (final_logit_softcapping): the loss computed
-# here is then the model's. Others scale or shift their logits (Cohere's logit_scale, Granite's logits_scaling, ...),
-# which this loss would silently leave out.
-MODEL_TYPES = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "llama", "mistral", "gemma", "gemma2", "gemma3_text",
-               "phi3", "etude")
-
-
 def check_model(config) -> None:
-    """Refuse chunked_loss for a model whose training loss it would not reproduce."""
-    if config.model_type not in MODEL_TYPES:
-        raise ValueError(f"chunked_loss reproduces the loss of models whose logits are the output head's "
-                         f"({', '.join(MODEL_TYPES)}); {config.model_type!r} is not among them: set chunked_loss false")
-    if getattr(config, "output_router_logits", False):
-        # transformers' MoE models compute their router loss in the causal-LM forward, from router logits the
-        # decoder returns only per layer: the decoder's output that chunked_loss reads carries no aux_loss.
-        raise ValueError("chunked_loss cannot add the router load-balancing loss that output_router_logits adds to "
-                         "this transformers MoE model's loss: set chunked_loss false (the model's own loss adds it), "
-                         "or output_router_logits false in the model's config")
+    """Refuse chunked_loss for a model whose training loss it would not reproduce (utils/step_plan.py's
+    MODEL_CAPABILITIES says which models it reproduces)."""
+    from utils.step_plan import capability_problems
+    problems = capability_problems(config, chunked_loss=True)
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def head_softcap(config) -> float | None:
@@ -121,7 +110,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_weight, num_items = ctx.saved_tensors
         scale = grad_output / num_items
         grad_h = (grad_x * scale.to(grad_x.dtype)).to(ctx.dtypes[0])
-        # in place: a trained head's fp32 gradient is vocabulary x hidden (0.5 GB on Qwen2.5-0.5B); no second copy.
+        # in place: a trained head's fp32 gradient is vocabulary x hidden, a large tensor; no second copy.
         # (A second backward through this graph then fails autograd's version check instead of double-scaling.)
         grad_w = grad_weight.mul_(scale).to(ctx.dtypes[1]) if grad_weight is not None else None
         return grad_h, grad_w, None, None, None, None, None

@@ -18,17 +18,19 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     workspace    allocator and library scratch (cuBLAS workspace, fragmentation): WORKSPACE_MIN plus
                  WORKSPACE_FRACTION of the rest.
 
-LOGIT_BYTES and the workspace were fitted on H100 measurements of 0.5B bench rows; bench/README.md compares
+LOGIT_BYTES and the workspace were fitted to the measured peaks of bench rows; bench/README.md compares
 prediction and peak on every bench row. They describe PyTorch's allocations for Llama-shaped decoders (Qwen, Llama,
 Yi, Mistral, Gemma, Phi-3).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from utils.loss import chunk_tokens
+from utils.step_plan import resolve
 
 GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
@@ -37,8 +39,8 @@ WORKSPACE_MIN = 0.15 * GB
 FIT_STEP = 256            # memory_budget_gb: cap granularity without CUDA graphs (with them: the bucket)
 EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit": 1}  # bytes per state
 # DoRA, per output feature of each adapted linear and token. Kept for the backward: eager autograd keeps the base
-# output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU kept
-# 2.5 (H200 bench row dojo_dora_graphs_nockpt: 4.25 GB over the LoRA row): the magnitude's gradient needs only
+# output and the LoRA output (bf16, 2 + 2; counted in tests/utils/test_memory.py); a compiled layer on the GPU keeps
+# less, read off the DoRA bench row without checkpointing (bench/README.md): the magnitude's gradient needs only
 # their sum. While a layer is differentiated, its DoRA tensors and their fp32 gradients: 6 (checkpointed rows).
 DORA_KEPT_BYTES = {False: 4, True: 2.5}
 DORA_BACKWARD_BYTES = 6
@@ -98,14 +100,17 @@ def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
     return frozen, trainable_bytes, trainable_count
 
 
-def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str, float]:
+def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) -> dict[str, float]:
     """Predicted peak allocated memory of a training step, by part (GB), for a micro-batch of `rows` rows of
-    `row_len` tokens (`tokens` = rows * row_len padded, or the packed total).
+    `row_len` tokens (`tokens` = rows * row_len padded, or the packed total). plan: the run's StepPlan
+    (utils/step_plan.py; omitted: the one the args describe), which says the loss backend, the attention's inputs and
+    whether gradients are held in fixed buffers.
 
     The peak is the larger of two moments. At the loss: weights, optimizer states, the checkpointed layer inputs
     and the loss's own tensors (gradients exist then only when accumulating). At the end of the backward: weights,
     optimizer states, all gradients, and the layer being recomputed and differentiated."""
     config = model.config
+    plan = plan or resolve(args)
     frozen, trainable_bytes, trainable_count = parameter_bytes(model, args.train_mode == "qlora")
     optim = str(getattr(args.optim, "value", args.optim))
     optimizer = 2 * (trainable_count * EIGHT_BIT_OPTIMIZERS[optim] if optim in EIGHT_BIT_OPTIMIZERS
@@ -121,27 +126,26 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int) -> dict[str
         dora_kept = int(DORA_KEPT_BYTES[compiled] * tokens * out_features)
         dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
-    mask = 0 if getattr(args, "attn_implementation", "sdpa") == "varlen" else rows * row_len * row_len
+    mask = 0 if plan.varlen else rows * row_len * row_len
     every_n = every_n_layers(args)
     checkpointed = -(-layers // every_n) if args.activation_checkpointing else 0
     full_layer = one_layer + dora_kept  # what a layer without checkpointing keeps until its backward
     kept = checkpointed * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
     head = model.get_output_embeddings().weight
-    if getattr(args, "chunked_loss", False):  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
+    if plan.loss_backend == "chunked":  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         # a trained head's fp32 gradient and its cast to the head's dtype, QLoRA's fp32 head cast for the matmul
         chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))
         loss = tokens * hidden * head.element_size() + 2 * chunk * config.vocab_size * head.element_size() \
             + (head.numel() * (4 + head.element_size()) if head.requires_grad else 0) \
             + (head.numel() * 2 if args.train_mode == "qlora" else 0)
-    elif getattr(args, "use_liger_kernel", False):  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
+    elif plan.loss_backend == "liger_fused":  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
         # and the fp32 head gradient when the head is trained
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)
     else:
         loss = tokens * config.vocab_size * LOGIT_BYTES
     # gradients exist before the backward when accumulating (also over a micro-batch's pieces), and always under
     # cuda_graphs (fixed buffers)
-    held = (args.gradient_accumulation_steps > 1 or getattr(args, "cuda_graphs", False)
-            or getattr(args, "micro_batch_max_tokens", 0))
+    held = args.gradient_accumulation_steps > 1 or plan.step_runner == "cuda_graph" or plan.max_tokens
     grads_at_loss = trainable_bytes if held else 0
     at_loss = dict(gradients=grads_at_loss, activations=kept, loss_or_layer=loss)
     # the backward of the last layer (the first one differentiated): everything kept is still there, and the layer
@@ -181,46 +185,45 @@ def meta_model(args, config=None, vocab_size: int | None = None):
         return apply_peft(model, args)
 
 
-def row_bucket(args) -> int:
-    """The multiple packed rows are padded to: cuda_graphs' bucket, else 1 (no padding)."""
-    return args.cuda_graph_bucket if getattr(args, "cuda_graphs", False) else 1
-
-
-def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
+def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | None = None, plan=None) -> str:
     """The --dry_run line: the prediction for the largest micro-batch these sample lengths can form."""
-    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, args.padding_free,
-                                               row_bucket(args), args.micro_batch_max_tokens)
-    parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows)
-    return format_estimate(parts, tokens, rows, "piece" if args.micro_batch_max_tokens else "micro-batch")
+    plan = plan or resolve(args)
+    tokens, row_len, rows = worst_batch_tokens(lengths, args.per_device_train_batch_size, plan.padding_free,
+                                               plan.bucket or 1, plan.max_tokens)
+    parts = estimate_peak(meta_model(args, config, vocab_size), args, tokens, row_len, rows, plan)
+    return format_estimate(parts, tokens, rows, "piece" if plan.max_tokens else "micro-batch")
 
 
-def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size: int | None = None) -> str:
-    """memory_budget_gb: set args.micro_batch_max_tokens to the largest cap whose predicted peak fits the budget
-    (0 when the whole micro-batch fits) and return the line to log. Caps are tried from the whole micro-batch down,
-    in steps of the CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split."""
+def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size: int | None = None,
+                               plan=None) -> tuple[int, str]:
+    """memory_budget_gb: (the largest micro_batch_max_tokens whose predicted peak fits the budget, 0 when the whole
+    micro-batch fits; the reason, to log). Caps are tried from the whole micro-batch down, in steps of the
+    CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split. args is not changed:
+    utils/step_plan.py's StepPlan holds the cap."""
     given = f" (replacing the given {args.micro_batch_max_tokens})" if args.micro_batch_max_tokens else ""
     model = meta_model(args, config, vocab_size)
-    bucket = row_bucket(args)
+    plan = plan or resolve(args)
+    bucket = plan.bucket or 1
     step = bucket if bucket > 1 else FIT_STEP
     budget, batch = args.memory_budget_gb, args.per_device_train_batch_size
 
     def predicted(cap: int) -> dict[str, float]:
-        args.micro_batch_max_tokens = cap
-        return estimate_peak(model, args, *worst_batch_tokens(lengths, batch, True, bucket, cap))
+        runner = plan.step_runner if plan.step_runner == "cuda_graph" else "pieces" if cap else "plain"
+        capped = dataclasses.replace(plan, max_tokens=cap, step_runner=runner)
+        return estimate_peak(model, args, *worst_batch_tokens(lengths, batch, True, bucket, cap), plan=capped)
 
     whole = predicted(0)
     if whole["total"] <= budget:
-        return (f"memory_budget_gb {budget:g}: the whole micro-batch fits (predicted {whole['total']:.2f} GB), "
-                f"no pieces{given}")
+        return 0, (f"memory_budget_gb {budget:g}: the whole micro-batch fits (predicted {whole['total']:.2f} GB), "
+                   f"no pieces{given}")
     whole_tokens = worst_batch_tokens(lengths, batch, True, bucket)[0]
     smallest, parts = -(-max(lengths) // step) * step, whole
     for cap in range(-(-whole_tokens // step) * step - step, smallest - 1, -step):
         parts = predicted(cap)
         if parts["total"] <= budget:
-            return (f"memory_budget_gb {budget:g}: micro_batch_max_tokens {cap}{given} (predicted "
-                    f"{parts['total']:.2f} GB; the whole micro-batch of {whole_tokens:,} tokens: "
-                    f"{whole['total']:.2f} GB)")
-    args.micro_batch_max_tokens = 0
+            return cap, (f"memory_budget_gb {budget:g}: micro_batch_max_tokens {cap}{given} (predicted "
+                         f"{parts['total']:.2f} GB; the whole micro-batch of {whole_tokens:,} tokens: "
+                         f"{whole['total']:.2f} GB)")
     raise ValueError(f"memory_budget_gb {budget:g}: even a piece of {smallest:,} tokens (the longest sample) does "
                      f"not fit: {format_estimate(parts, smallest, 1, 'piece')}. Raise the budget, lower max_len, or "
                      f"train fewer weights (LoRA, QLoRA).")

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 from utils.attention import NAME, masked_varlen, sample_ids
-from utils.trainer import PaddingFreeCollator
+from utils.collators import PaddingFreeCollator
 
 
 def _model(attn: str, config_name: str = "Qwen2Config"):

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import tiny_qwen2
 from utils.model import apply_peft, compile_layers
-from utils.trainer import PaddingFreeCollator
+from utils.collators import PaddingFreeCollator
 
 
 def _args(**kw):

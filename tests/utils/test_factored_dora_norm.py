@@ -11,7 +11,7 @@ from peft.tuners.lora.dora import DoraLinearLayer
 from tests.conftest import tiny_qwen2
 from utils.dora import FactoredNormDora, factored_row_norm
 from utils.model import apply_peft
-from utils.trainer import PaddingFreeCollator
+from utils.collators import PaddingFreeCollator
 
 
 def _args(**kw):

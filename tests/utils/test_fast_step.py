@@ -10,7 +10,9 @@ import transformers
 
 from train_args.base import TrainArgs
 from utils.model import apply_peft, compile_layers
-from utils.trainer import build_collator, DojoTrainer
+from utils.collators import build_collator
+from utils.step_plan import build_plan
+from utils.trainer import DojoTrainer
 
 PLAIN = dict(attn_implementation="sdpa")
 FAST = dict(attn_implementation="varlen", chunked_loss=True, cuda_graphs=True, cuda_graph_bucket=16)
@@ -39,7 +41,8 @@ def _run(tmp_path, fields, device="cpu", train_mode="lora", bf16=False, steps=4)
     for n in (9, 14, 5, 11, 8, 13, 30, 3, 17, 6, 21, 12, 7, 9, 15, 10, 4, 19, 25, 8, 11, 16, 5, 9):
         ids = torch.randint(3, 128, (n,), generator=g).tolist()
         rows.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
-    trainer = DojoTrainer(model=model, args=args, train_dataset=rows, data_collator=build_collator(args, model, _Tok))
+    plan = build_plan(args, model.config)
+    trainer = DojoTrainer(model=model, args=args, plan=plan, train_dataset=rows, data_collator=build_collator(plan, _Tok))
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     weights = {k: v.detach().float().cpu() for k, v in model.named_parameters() if v.requires_grad}
@@ -112,18 +115,3 @@ def test_cuda_graphs_bf16_flash_varlen_tracks_the_plain_loss(tmp_path, max_token
     lengths = [dict((k, shape) for k, shape, *_ in key)["input_ids"] for key in trainer._graphed.graphs]
     assert lengths and len(lengths) == len(set(lengths))
     assert losses == pytest.approx(plain_losses, rel=2e-2)
-
-
-def test_cuda_graphs_turn_on_non_blocking_batch_copies_unless_told_otherwise():
-    fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
-    assert TrainArgs(**fast).accelerator_config.non_blocking
-    assert not TrainArgs(**fast, accelerator_config={"non_blocking": False}).accelerator_config.non_blocking
-    assert not TrainArgs(output_dir="unused", use_cpu=True).accelerator_config.non_blocking
-
-
-def test_cuda_graphs_without_dropout_checkpoint_without_rng_state():
-    fast = dict(output_dir="unused", use_cpu=True, padding_free=True, **FAST)
-    assert TrainArgs(lora_dropout=0.0, **fast).activation_checkpointing_kwargs == {
-        "preserve_rng_state": False, "use_reentrant": False}
-    # with dropout the recompute must replay the same masks: the RNG state is kept
-    assert "preserve_rng_state" not in TrainArgs(lora_dropout=0.1, **fast).activation_checkpointing_kwargs

@@ -180,8 +180,9 @@ def _predicted(cap):
 def test_memory_budget_picks_the_largest_cap_that_fits():
     budget = (_predicted(2048) + _predicted(2304)) / 2  # between two 256-token steps
     args = _budget_args(budget)
-    line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
-    assert args.micro_batch_max_tokens == 2048 and "micro_batch_max_tokens 2048" in line
+    cap, line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    assert cap == 2048 and "micro_batch_max_tokens 2048" in line
+    assert args.micro_batch_max_tokens == 0  # the plan holds the cap; the field keeps what was given
     assert _predicted(1536) < _predicted(2048) < budget < _predicted(2304) < _predicted(0)
 
 
@@ -190,11 +191,9 @@ def test_memory_budget_with_every_n_layers_cuts_smaller_pieces():
     tokens per piece: the budget's cap falls, and its prediction still fits."""
     budget = _predicted(2048) + 0.01  # 10 MB over what 2,048 tokens need with every layer checkpointed
     every_layer = _budget_args(budget)
-    fit_micro_batch_max_tokens(every_layer, LENGTHS, config=_config())
-    assert every_layer.micro_batch_max_tokens == 2048
+    assert fit_micro_batch_max_tokens(every_layer, LENGTHS, config=_config())[0] == 2048
     args = _budget_args(budget, activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": 2})
-    line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
-    cap = args.micro_batch_max_tokens
+    cap, line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
     assert 1536 <= cap < 2048 and f"micro_batch_max_tokens {cap}" in line
     fitted = estimate_peak(meta_model(args, _config()), args, *worst_batch_tokens(LENGTHS, 8, True, 1, cap))
     assert fitted["total"] <= budget
@@ -202,8 +201,8 @@ def test_memory_budget_with_every_n_layers_cuts_smaller_pieces():
 
 def test_memory_budget_that_holds_the_whole_micro_batch_splits_nothing():
     args = _budget_args(_predicted(0) + 0.01, micro_batch_max_tokens=1024)
-    assert "whole micro-batch fits" in fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
-    assert args.micro_batch_max_tokens == 0
+    cap, line = fit_micro_batch_max_tokens(args, LENGTHS, config=_config())
+    assert cap == 0 and "whole micro-batch fits" in line
 
 
 def test_memory_budget_below_the_longest_sample_is_refused():
@@ -230,7 +229,7 @@ EVERY_OTHER_LAYER = dict(activation_checkpointing_kwargs={"use_reentrant": False
 @pytest.mark.parametrize("fields", [dict(), dict(use_liger_kernel=True), dict(train_mode="full"), EVERY_OTHER_LAYER])
 def test_estimate_within_15_percent_of_measured_peak(fields):
     from utils.model import apply_peft
-    from utils.trainer import PaddingFreeCollator
+    from utils.collators import PaddingFreeCollator
     pytest.importorskip("liger_kernel") if fields.get("use_liger_kernel") else None
     args = TrainArgs(output_dir="unused", bf16=True, lora_dropout=0.0, report_to="none", padding_free=True,
                      gradient_accumulation_steps=1, **fields)

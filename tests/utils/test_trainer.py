@@ -12,7 +12,8 @@ import main_train
 from tests.conftest import final_loss, train_argv, trainable_params, write_jsonl
 from train_args.base import TrainArgs
 from utils.model import apply_peft
-from utils.trainer import DojoTrainer, PaddingFreeCollator
+from utils.collators import PaddingFreeCollator
+from utils.trainer import DojoTrainer
 
 
 def _run(trainer_cls, tmp_path):
@@ -105,7 +106,7 @@ def test_chunked_loss_refuses_a_model_that_transforms_its_logits(tmp_path):
     config = transformers.CohereConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
     args = TrainArgs(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", chunked_loss=True)
-    with pytest.raises(ValueError, match="chunked_loss reproduces .* 'cohere' is not among them"):
+    with pytest.raises(ValueError, match="chunked_loss: reproduces .* 'cohere' is not among them"):
         build_trainer(transformers.CohereForCausalLM(config), args, None, [], None)
 
 

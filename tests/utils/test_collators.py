@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from utils.trainer import DataCollator, PaddingFreeCollator
+from utils.collators import DataCollator, PaddingFreeCollator
 
 
 def _model(config_name: str):
