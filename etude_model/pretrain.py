@@ -1,6 +1,6 @@
 """Pretrain an Etude model from scratch on raw text (nanoGPT-style loop, Hugging Face checkpoints).
 
-    python -m etude_model.pretrain --preset etude-tiny --data ../shared/assets/data/pretrain \
+    python -m etude_model.pretrain --preset etude-tiny --data $DOJO_SHARED_ASSETS/data/pretrain \
         --output_dir runs/etude-tiny --max_steps 2000
 
 What the loop does, in order: tokenize the corpus once into a cached token file (etude_model/data.py),
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (e.g. from etude_model.train_tokenizer); "
                    "default: the GPT-2 BPE Etude tokenizer. The model vocab is sized to it (padded to 64)")
     g.add_argument("--tiktoken_file", default=None, help="GPT-2 rank file for the default tokenizer "
-                   "(default: ../shared/assets/tokenizers/gpt2/gpt2.tiktoken, else tiktoken's r50k_base)")
+                   "(default: $ETUDE_TIKTOKEN_FILE, else $DOJO_SHARED_ASSETS/tokenizers/gpt2/gpt2.tiktoken, else "
+                   "tiktoken's r50k_base, which downloads)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True, help=".txt / .jsonl files or folders of them (jsonl: {'text': ...})")
