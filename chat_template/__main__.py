@@ -5,14 +5,15 @@
     python -m chat_template show --template qwen --tokenizer DIR --data FILE --index N [--max_len L]
         one training sample as the model sees it, supervised tokens wrapped in [[ ]], and the token counts
 
-Run it from the repository root (`show` reads the data with utils.data and loads the tokenizer with utils.tokenizer).
+`show` reads the data as training does (conversations.py) and the tokenizer folder as it was shipped (loading.py).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import IGNORE_INDEX, TEMPLATES, detect, encode, render
+from . import IGNORE_INDEX, TEMPLATES, detect, encode, loading, render
+from .conversations import DataError, load_conversations
 from .own import own_jinja
 from .parity import matching_variant
 
@@ -78,9 +79,6 @@ def _decoded_marks(tokenizer, input_ids, labels, color: bool) -> str:
 
 
 def cmd_show(args) -> int:
-    from utils.data import DataError, load_conversations
-    from utils.tokenizer import load_tokenizer
-
     try:
         conversations = load_conversations(args.data)
     except DataError as err:  # the data is validated whole, as training reads it
@@ -91,7 +89,7 @@ def cmd_show(args) -> int:
               f"(0..{len(conversations) - 1})", file=sys.stderr)
         return 2
     conversation = conversations[args.index]
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = loading.load_tokenizer_folder(args.tokenizer)
     template_name, how = args.template, "given"
     if template_name is None:
         template_name, how = detect(args.tokenizer, tokenizer=tokenizer)
