@@ -15,10 +15,10 @@ from pathlib import Path
 
 import utils  # noqa: F401  (first: silences harmless library warnings at startup, see utils/__init__.py)
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, TextStreamer
+from transformers import GenerationConfig, TextStreamer
 
 import chat_template
-import etude_model  # noqa: F401  (registers Etude with the Auto classes)
+from utils.model_source import load_saved_model
 from utils.tokenizer import load_tokenizer
 
 
@@ -53,8 +53,7 @@ def load(args):
     tok_dir = args.adapter_path or args.model_name_or_path
     tokenizer = load_tokenizer(tok_dir, args.trust_remote_code)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=dtype,
-                                                 trust_remote_code=args.trust_remote_code)
+    model = load_saved_model(args.model_name_or_path, dtype=dtype, trust_remote_code=args.trust_remote_code)
     if args.adapter_path:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, args.adapter_path)

@@ -14,12 +14,12 @@ from utils.data import DataError, build_datasets
 from utils.memory import estimate_for_run, measured_peak, reset_measured_peak
 from utils.model import apply_peft, build_model, compile_layers, count_parameters
 from utils.step_plan import build_plan, model_config
-from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, refuse_foreign, train
+from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, rank0, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.score import exact_match, write_score
 from utils.train_log import add_progress, run_summary
 from utils.tokenizer import build_tokenizer
-from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer, rank0
+from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer
 
 
 def log(message: str) -> None:

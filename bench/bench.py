@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 import memory_peak  # noqa: E402  (bench/memory_peak.py, beside this file)
 
 # name -> our TrainArgs fields on top of the common LoRA r16/a32 all-linear recipe of the peers; "model" picks

@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, TrainerCallback
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 WARMUP = 5
 

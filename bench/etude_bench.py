@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +22,6 @@ from types import SimpleNamespace
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 from bench import load_peer_bench, top_kernels  # noqa: E402  (bench/bench.py: this folder is first on sys.path)
 from etude_model import EtudeForCausalLM, make_config  # noqa: E402
 from etude_model.pretrain import flops_per_token, make_loss_fn, make_optimizer  # noqa: E402

@@ -7,7 +7,7 @@
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch, transformers as t; print(torch.__version__, t.__version__, torch.cuda.get_device_name())"
 if [ -n "${TESTS:-}" ]; then
   timeout 200 python3 -m pytest -q -m gpu -p no:cacheprovider $TESTS 2>&1 | tail -15

@@ -4,7 +4,7 @@
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
 timeout 380 python3 bench/bench.py --out "$OUT/bench" --peer_bench .device_assets/bench/peer_bench.py --peers "" \
   --steps 15 --warmup 5 --profile_steps 2 --deadline_s 370 --ours "${OURS:-dojo_lora_fast,dojo_lora_fast_liger}"

@@ -10,7 +10,7 @@
 set -uo pipefail
 OUT=${1:-$OUT}; mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export DOJO_SHARED_ASSETS=$PWD/.device_assets/assets
 if [ -n "${TESTS:-}" ]; then
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -rs -p no:cacheprovider $TESTS 2>&1 | tail -15

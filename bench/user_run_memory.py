@@ -17,16 +17,14 @@ report with --cuda_graphs false --compile_layers false, and keep --max_steps sma
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import torch  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from transformers import TrainerCallback
 
-import main_train  # noqa: E402
-import memory_peak  # noqa: E402  (bench/memory_peak.py, beside this file)
-from utils.cuda_graphs import GraphedStep  # noqa: E402
-from utils.trainer import DojoTrainer  # noqa: E402
+import main_train
+import memory_peak  # bench/memory_peak.py, beside this file
+from utils.cuda_graphs import GraphedStep
+from utils.trainer import DojoTrainer
 
 GB = 1e9
 baseline = None

@@ -5,14 +5,15 @@
     python -m chat_template show --template qwen --tokenizer DIR --data FILE --index N [--max_len L]
         one training sample as the model sees it, supervised tokens wrapped in [[ ]], and the token counts
 
-Run it from the repository root (`show` reads the data with utils.data and loads the tokenizer with utils.tokenizer).
+`show` reads the data as training does (conversations.py) and the tokenizer folder as it was shipped (loading.py).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import IGNORE_INDEX, TEMPLATES, detect, encode, render
+from . import IGNORE_INDEX, TEMPLATES, detect, encode, loading, render, show_sample
+from .conversations import DataError, load_conversations
 from .own import own_jinja
 from .parity import matching_variant
 
@@ -61,26 +62,7 @@ def _marked_text(text: str, labels, offsets, complete: bool, color: bool) -> str
     return "".join(out)
 
 
-def _decoded_marks(tokenizer, input_ids, labels, color: bool) -> str:
-    """Fallback when the ids are not one plain tokenization of the text (special_text='keep' hits)."""
-    opening, closing = (GREEN + OPEN, CLOSE + RESET) if color else (OPEN, CLOSE)
-    out, run, inside = [], [], False
-    for token_id, label in zip(list(input_ids) + [None], list(labels) + [IGNORE_INDEX]):
-        supervised = label != IGNORE_INDEX
-        if (supervised != inside or token_id is None) and run:
-            piece = tokenizer.decode(run)
-            out.append(f"{opening}{piece}{closing}" if inside else piece)
-            run = []
-        inside = supervised
-        if token_id is not None:
-            run.append(token_id)
-    return "".join(out)
-
-
 def cmd_show(args) -> int:
-    from utils.data import DataError, load_conversations
-    from utils.tokenizer import load_tokenizer
-
     try:
         conversations = load_conversations(args.data)
     except DataError as err:  # the data is validated whole, as training reads it
@@ -91,7 +73,7 @@ def cmd_show(args) -> int:
               f"(0..{len(conversations) - 1})", file=sys.stderr)
         return 2
     conversation = conversations[args.index]
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = loading.load_tokenizer_folder(args.tokenizer)
     template_name, how = args.template, "given"
     if template_name is None:
         template_name, how = detect(args.tokenizer, tokenizer=tokenizer)
@@ -119,7 +101,7 @@ def cmd_show(args) -> int:
             offsets.append((at, at + len(added[token_id])) if at >= 0 else (start, end))  # rstrip tokens: own text
         body = _marked_text(text, labels, offsets, len(ids) == full_len, color)
     else:
-        body = _decoded_marks(tokenizer, ids, labels, color)
+        body = show_sample(ids, labels, tokenizer, *((GREEN + OPEN, CLOSE + RESET) if color else (OPEN, CLOSE)))
         full_len = len(encode(conversation.messages, tokenizer, template_name, train_on=args.train_on,
                               special_text=args.special_text, **options)["input_ids"])
 

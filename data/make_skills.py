@@ -70,9 +70,8 @@ def main():
 def train_small_tokenizer(rows, folder: Path, vocab_size: int = 512) -> None:
     """A byte-level BPE fitted to the training texts: with a few hundred tokens instead of GPT-2's 50k, the default
     run's model spends its compute on the transformer, not on a 50k-way softmax, and learns on a CPU in minutes."""
-    import sys
     import tempfile
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
     from etude_model.train_tokenizer import train_tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus.txt"

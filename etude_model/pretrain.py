@@ -1,6 +1,6 @@
 """Pretrain an Etude model from scratch on raw text (nanoGPT-style loop, Hugging Face checkpoints).
 
-    python -m etude_model.pretrain --preset etude-tiny --data ../shared/assets/data/pretrain \
+    python -m etude_model.pretrain --preset etude-tiny --data $DOJO_SHARED_ASSETS/data/pretrain \
         --output_dir runs/etude-tiny --max_steps 2000
 
 What the loop does, in order: tokenize the corpus once into a cached token file (etude_model/data.py),
@@ -31,11 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.loss import causal_lm_loss, logits_cross_entropy
+from utils.run_folder import checkpoint_folders, move_aside
 
 from .data import PackedWindows, build_token_cache, split_train_val
 from .modeling_etude import EtudeForCausalLM
 from .presets import PRESETS, count_parameters, make_config
 from .tokenizer import build_etude_tokenizer, check_vocab, load_etude_tokenizer, padded_vocab_size
+
+TRAINING_STATE = "training_state.pt"  # written last into a checkpoint: its presence marks a complete one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokenizer", default=None, help="tokenizer folder (e.g. from etude_model.train_tokenizer); "
                    "default: the GPT-2 BPE Etude tokenizer. The model vocab is sized to it (padded to 64)")
     g.add_argument("--tiktoken_file", default=None, help="GPT-2 rank file for the default tokenizer "
-                   "(default: ../shared/assets/tokenizers/gpt2/gpt2.tiktoken, else tiktoken's r50k_base)")
+                   "(default: $ETUDE_TIKTOKEN_FILE, else $DOJO_SHARED_ASSETS/tokenizers/gpt2/gpt2.tiktoken, else "
+                   "tiktoken's r50k_base, which downloads)")
     g.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in backward to save memory")
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True, help=".txt / .jsonl files or folders of them (jsonl: {'text': ...})")
@@ -84,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accelerator peak TFLOP/s for MFU (default: %(default)s = H100 SXM bf16 dense)")
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--output_dir", required=True, help="where checkpoints, the final model and logs go")
-    g.add_argument("--overwrite_output_dir", action="store_true", help="allow a non-empty output_dir (old checkpoints are deleted)")
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="start afresh in a non-empty output_dir: what it holds is moved to a sibling "
+                   "OUTPUT_DIR.replaced-TIME folder, nothing is deleted")
     g.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                    help="continue exactly from the latest checkpoint-<step> in output_dir, or from the given one")
     g.add_argument("--eval_every", type=int, default=200, help="validate every N steps and at the end (default: %(default)s)")
@@ -183,20 +189,12 @@ def save_checkpoint(out: Path, step: int, model, tokenizer, optimizer, loader, a
     tokenizer.save_pretrained(tmp)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "data": loader.state_dict(),
                 "rng": rng_state(), "args": {k: v for k, v in vars(args).items() if k != "data"}},
-               tmp / "training_state.pt")
+               tmp / TRAINING_STATE)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(checkpoints(out))[:-args.save_total_limit] if args.save_total_limit > 0 else []:
+    for old in checkpoint_folders(out, TRAINING_STATE)[:-args.save_total_limit] if args.save_total_limit > 0 else []:
         shutil.rmtree(old[1])
     return final
-
-
-def checkpoints(out: Path) -> list[tuple[int, Path]]:
-    found = []
-    for d in out.glob("checkpoint-*"):
-        if (d / "training_state.pt").exists() and d.name.split("-")[-1].isdigit():
-            found.append((int(d.name.split("-")[-1]), d))
-    return found
 
 
 def export_final(out: Path, model, tokenizer) -> None:
@@ -238,8 +236,11 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not (args.overwrite_output_dir or args.resume):
+    existing = sorted(out.iterdir()) if out.is_dir() and not args.resume else []
+    if existing and not args.overwrite_output_dir:
         raise SystemExit(f"output_dir {out} is not empty: pass --resume to continue or --overwrite_output_dir")
+    if existing:
+        tqdm.write(move_aside(out, existing))
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "loss_log.jsonl"
 
@@ -252,16 +253,12 @@ def main(argv=None) -> dict:
     # Resume: the checkpoint's model, config and tokenizer win over --preset/--tokenizer.
     state, ckpt = None, None
     if args.resume:
-        found = sorted(checkpoints(out))
+        found = checkpoint_folders(out, TRAINING_STATE)
         ckpt = Path(args.resume) if args.resume != "latest" else (found[-1][1] if found else None)
-        if ckpt is None or not (ckpt / "training_state.pt").exists():
-            raise SystemExit(f"--resume: no checkpoint with training_state.pt found in {out}")
-        state = torch.load(ckpt / "training_state.pt", map_location="cpu", weights_only=True)
+        if ckpt is None or not (ckpt / TRAINING_STATE).exists():
+            raise SystemExit(f"--resume: no checkpoint with {TRAINING_STATE} found in {out}")
+        state = torch.load(ckpt / TRAINING_STATE, map_location="cpu", weights_only=True)
         args.block_size = args.block_size or state["args"]["block_size"]  # same windows as before
-    elif args.overwrite_output_dir:
-        for _, d in checkpoints(out):
-            shutil.rmtree(d)
-        log_path.unlink(missing_ok=True)
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)

@@ -31,8 +31,15 @@ SPECIAL_TOKENS = [EOS_TOKEN, IM_START, IM_END, PAD_TOKEN]
 CHAT_TEMPLATE = get_template("etude").jinja
 assert set(get_template("etude").special_tokens) <= set(SPECIAL_TOKENS), "etude template tokens must be special"
 
-# shared/ sits next to the repository checkout: <repo>/../shared/assets/...
-DEFAULT_TIKTOKEN_FILE = Path(__file__).resolve().parents[2] / "shared" / "assets" / "tokenizers" / "gpt2" / "gpt2.tiktoken"
+# The folder of offline assets (tokenizers/, data/, ...; tests and device scripts set it too), and the rank file in it.
+ASSETS_ENV = "DOJO_SHARED_ASSETS"
+ASSETS_TIKTOKEN_FILE = Path("tokenizers") / "gpt2" / "gpt2.tiktoken"
+
+
+def assets_tiktoken_file() -> Path | None:
+    """$DOJO_SHARED_ASSETS/tokenizers/gpt2/gpt2.tiktoken, None when the variable is not set."""
+    root = os.environ.get(ASSETS_ENV)
+    return Path(root) / ASSETS_TIKTOKEN_FILE if root else None
 
 
 def padded_vocab_size(n_tokens: int, multiple: int = 64) -> int:
@@ -56,10 +63,10 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def load_gpt2_ranks(tiktoken_file: str | os.PathLike | None = None) -> dict[bytes, int]:
     """GPT-2 BPE ranks {token_bytes: id}. Order of preference: the given file, $ETUDE_TIKTOKEN_FILE,
-    ../shared/assets/tokenizers/gpt2/gpt2.tiktoken, and last tiktoken's r50k_base (downloads if online)."""
+    $DOJO_SHARED_ASSETS/tokenizers/gpt2/gpt2.tiktoken, and last tiktoken's r50k_base (downloads if online)."""
     from tiktoken.load import load_tiktoken_bpe
 
-    candidates = [tiktoken_file, os.environ.get("ETUDE_TIKTOKEN_FILE"), DEFAULT_TIKTOKEN_FILE]
+    candidates = [tiktoken_file, os.environ.get("ETUDE_TIKTOKEN_FILE"), assets_tiktoken_file()]
     for path in candidates:
         if path and Path(path).is_file():
             return load_tiktoken_bpe(str(path))

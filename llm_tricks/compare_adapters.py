@@ -18,7 +18,8 @@ initialised model but keeps it at 1.78M parameters instead of about 20M. Use --m
 real local checkpoint instead (no compaction then).
 
 CPU (the run in llm_tricks/README.md):
-    python llm_tricks/compare_adapters.py --data ../shared/assets/data/sft/alpaca_en_demo.jsonl --steps 30 --threads 1
+    python llm_tricks/compare_adapters.py --data ../shared/assets/data/sft/alpaca_en_demo.jsonl --steps 30 --threads 1 \
+        --tokenizer ../shared/assets/tokenizers/qwen2.5
 GPU (adds a peak-memory column):
     python llm_tricks/compare_adapters.py --data ... --device cuda --steps 500 --bf16 [--model PATH]
 """
@@ -38,13 +39,14 @@ import torch
 import transformers
 from peft import LoraConfig, get_peft_model
 from peft.optimizers import create_loraplus_optimizer
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, when run as a script
-import etude_model  # noqa: E402,F401  (lets --model load an Etude checkpoint)
+from utils.model_source import load_saved_model  # any model type of the project (Etude) too
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TOKENIZER = REPO.parent / "shared" / "assets" / "tokenizers" / "qwen2.5"
+# Qwen2.5's tokenizer in the offline assets folder (DOJO_SHARED_ASSETS, as the tests and device scripts set it)
+ASSETS = os.environ.get("DOJO_SHARED_ASSETS")
+DEFAULT_TOKENIZER = Path(ASSETS) / "tokenizers" / "qwen2.5" if ASSETS else None
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = ["lora", "dora", "lora_plus", "rslora", "pissa"]
 PROMPT = "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
@@ -92,7 +94,7 @@ def make_batch(examples, pad_id: int, device):
 
 def build_base(args, vocab_size: int):
     if args.model:
-        return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        return load_saved_model(args.model, dtype=torch.float32)
     config = Qwen2Config(
         vocab_size=vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
         num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
@@ -179,7 +181,9 @@ def train(method, base, train_set, eval_set, order, args, pad_id):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="alpaca-style JSONL")
-    parser.add_argument("--tokenizer", default=str(DEFAULT_TOKENIZER))
+    parser.add_argument("--tokenizer", default=DEFAULT_TOKENIZER and str(DEFAULT_TOKENIZER),
+                        required=DEFAULT_TOKENIZER is None, help="tokenizer folder (default: Qwen2.5's in "
+                        "$DOJO_SHARED_ASSETS/tokenizers)")
     parser.add_argument("--model", default=None, help="local HF checkpoint; default: tiny random Qwen2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(METHODS))

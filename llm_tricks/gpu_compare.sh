@@ -5,7 +5,7 @@
 # Usage: bash llm_tricks/gpu_compare.sh ASSETS OUT   (ASSETS: pretrain/, sft/, qwen2.5/ from ../shared/assets)
 set -euo pipefail
 A=${1:-.device_assets}; OUT=${2:-runs/tricks_gpu}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 W=runs/tricks_gpu_work; rm -rf "$W"; mkdir -p "$W"
 python3 -m etude_model.train_tokenizer --data "$A/pretrain" --vocab_size 16000 --text_split line --output_dir "$W/tok"
 python3 -m etude_model.pretrain --preset etude-small --tokenizer "$W/tok" --data "$A/pretrain" --text_split line \

@@ -13,6 +13,7 @@ from utils.tiny_model import ARCHITECTURES
 REPO = Path(__file__).resolve().parent.parent
 # DOJO_SHARED_ASSETS: another place for the same assets (the GPU machine, where ../shared does not travel)
 SHARED = Path(os.environ.get("DOJO_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
+os.environ.setdefault("DOJO_SHARED_ASSETS", str(SHARED))  # where the code looks for them (etude_model/tokenizer.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -160,9 +160,9 @@ def file_problems(a) -> list[str]:
 
 
 def source_problems(field: str, value: str, marker_files: tuple[str, ...]) -> list[str]:
-    """A local folder holding one of marker_files, an Etude preset, or a hub id that is cached or downloadable."""
-    import etude_model
-    if value in etude_model.PRESETS:
+    """A local folder holding one of marker_files, a preset, or a hub id that is cached or downloadable."""
+    from utils.model_source import resolve_model_source
+    if resolve_model_source(value).from_scratch:
         return []
     path = Path(value).expanduser()
     if path.is_dir():
@@ -213,13 +213,10 @@ def target_module_problems(a) -> list[str]:
     """Every name in lora_target_modules must match an adaptable module of the model (built on the meta device
     from its config: no weights are read), by peft's rule: the module's name is the target or ends in '.target'."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    import etude_model
-    if a.model_name_or_path in etude_model.PRESETS:
-        config = etude_model.make_config(a.model_name_or_path)
-    else:
-        config = AutoConfig.from_pretrained(a.model_name_or_path, trust_remote_code=a.trust_remote_code)
+    from utils.model_source import resolve_model_source
+    config = resolve_model_source(a.model_name_or_path, a.trust_remote_code).config()
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=a.trust_remote_code)
     names = [n for n, m in model.named_modules() if type(m).__name__ in ADAPTABLE]

@@ -167,14 +167,12 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
 def meta_model(args, config=None, vocab_size: int | None = None):
     """The run's model with its adapters, on the meta device: real shapes and dtypes, no memory, no weights.
     config: a model config to use instead of args.model_name_or_path's (bench rows build from peer dimensions)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    import etude_model
     from utils.model import apply_peft, resolve_dtype
-    if config is None and args.model_name_or_path in etude_model.PRESETS:  # sized to the tokenizer, as build_model
-        config = etude_model.make_config(args.model_name_or_path, vocab_size=etude_model.padded_vocab_size(vocab_size))
-    elif config is None:
-        config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    from utils.model_source import resolve_model_source
+    if config is None:  # a preset's sized to the tokenizer, as build_model
+        config = resolve_model_source(args.model_name_or_path, args.trust_remote_code).config(vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(args),
                                                  trust_remote_code=args.trust_remote_code)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig
 
 from utils.model import DTYPES
+from utils.model_source import load_saved_model
 from utils.run_folder import check_output_dir
 from utils.save import base_fingerprint
 
@@ -30,8 +31,7 @@ PROBE_TEXT = "Hello! 你好。 The quick brown fox jumps over the lazy dog."
 
 
 def load_base(path: str, dtype: torch.dtype | str, trust_remote_code: bool = False):
-    import etude_model  # noqa: F401  (registers Etude with the Auto classes)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return load_saved_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def check_base(adapter_path: str, base_path: str, found: dict | None, force: bool) -> str | None:

@@ -6,10 +6,11 @@ import math
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, set_seed
+from transformers import BitsAndBytesConfig, set_seed
 
 import utils.attention  # noqa: F401  (registers attn_implementation "varlen" with transformers)
 from utils.dora import use_factored_dora_norm
+from utils.model_source import resolve_model_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -31,29 +32,24 @@ def build_quant_config(dtype: torch.dtype) -> BitsAndBytesConfig:
 
 
 def build_model(args, vocab_size: int | None = None):
-    """The base model from a local folder, a hub id, or (for Etude presets) fresh random weights.
+    """The base model from a local folder, a hub id, or (for a preset, utils/model_source.py) fresh random weights.
 
     vocab_size: the tokenizer's size; embeddings grow to it when the tokenizer gained tokens, and a preset's
     vocabulary is sized to it. Seeded here, not only in the Trainer (which seeds after the model exists), so that
     `seed` fixes every random initialisation: a preset's weights, new embedding rows, and LoRA's A after this."""
     set_seed(args.seed)
     dtype = resolve_dtype(args)
-    import etude_model  # registers Etude with the Auto classes
-    if args.model_name_or_path in etude_model.PRESETS:
-        if args.train_mode != "full":
-            raise ValueError(f"{args.model_name_or_path} is a preset with random weights: an adapter on it could "
-                             "never be reloaded; use train_mode full, or pretrain first and pass the checkpoint")
-        config = etude_model.make_config(args.model_name_or_path, vocab_size=etude_model.padded_vocab_size(vocab_size))
-        model = etude_model.EtudeForCausalLM(config).to(dtype)
-    else:
-        kwargs = dict(dtype=dtype, attn_implementation=args.attn_implementation,
-                      trust_remote_code=args.trust_remote_code)
-        if args.train_mode == "qlora":
-            kwargs["quantization_config"] = build_quant_config(dtype)
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, **kwargs)
+    source = resolve_model_source(args.model_name_or_path, args.trust_remote_code)
+    if source.from_scratch and args.train_mode != "full":
+        raise ValueError(f"{args.model_name_or_path} is a preset with random weights: an adapter on it could "
+                         "never be reloaded; use train_mode full, or pretrain first and pass the checkpoint")
+    kwargs = dict(attn_implementation=args.attn_implementation)
+    if args.train_mode == "qlora":
+        kwargs["quantization_config"] = build_quant_config(dtype)
+    model = source.load_model(dtype, vocab_size, **kwargs)
     rows = model.get_input_embeddings().weight.shape[0]
     if vocab_size is not None and vocab_size > rows:
-        if args.tokenizer_name_or_path and args.model_name_or_path not in etude_model.PRESETS:
+        if args.tokenizer_name_or_path and not source.from_scratch:
             raise ValueError(f"tokenizer {args.tokenizer_name_or_path} has {vocab_size} tokens but model "
                              f"{args.model_name_or_path} has only {rows} embeddings: they do not belong together")
         model.resize_token_embeddings(vocab_size, pad_to_multiple_of=64)  # tokens we added (pad, control tokens)

@@ -27,9 +27,9 @@ from train_args.base import REFERENCE_FREE_LOSSES
 from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, count_parameters,
                          prepare_quantized, resolve_dtype)
 from utils.preference_data import build_preference_datasets
-from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, train
+from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, rank0, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
-from utils.trainer import StopOnNonFiniteLoss, rank0
+from utils.trainer import StopOnNonFiniteLoss
 
 PLOTTED_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 

@@ -4,7 +4,7 @@ Pair shapes, detected per file from its first record:
   sharegpt  {"conversations": [prompt turns], "chosen": {"from", "value"}, "rejected": {...}, "system"?}
   trl       {"prompt": str | [{"role", "content"}], "chosen": str | [message], "rejected": str | [message]}
   alpaca    {"instruction", "input"?, "chosen", "rejected", "system"?, "history"?}
-Unpaired (stage kto): any SFT record of utils/data.py (its last assistant turn is the answer), or trl's
+Unpaired (stage kto): any SFT record of chat_template/conversations.py (its last assistant turn is the answer), or trl's
 {"prompt", "completion"}, plus "label": true (desirable) / false.
 
 Each side is rendered whole (prompt + its answer) by chat_template.encode, so the tokens are exactly the official
@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import chat_template
-from utils.data import (MESSAGE_ROLES, SHAREGPT_ROLES, DataError, _check_order, _from_alpaca, _from_turns, _text,
-                        detect_format, read_records, show_sample, split_eval, to_messages)
+from chat_template.conversations import (MESSAGE_ROLES, SHAREGPT_ROLES, DataError, _check_order, _from_alpaca,
+                                        _from_turns, _text, detect_format, read_records, to_messages)
+from utils.data import show_sample, split_eval
 
 IGNORE = chat_template.IGNORE_INDEX
 PAIR_SHAPES = "'conversations'+'chosen'+'rejected' (ShareGPT), 'prompt'+'chosen'+'rejected' (trl) or " \

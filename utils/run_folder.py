@@ -12,6 +12,7 @@ Trainer writes last, so a checkpoint is complete and tagged by the same write. T
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import uuid
@@ -57,15 +58,27 @@ def checkpoint_run_id(state: dict) -> str | None:
     return (entry.get("args") or {}).get("run_id")
 
 
-def complete_checkpoints(output_dir) -> list[tuple[int, Path, dict]]:
-    """(step, folder, state) of every complete checkpoint in output_dir, oldest first."""
+def rank0() -> bool:
+    """The process that writes the run folder (RANK is set by torchrun and accelerate; a single process is rank 0)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def checkpoint_folders(output_dir, complete_mark: str | None = None) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint-<step> folder in output_dir, oldest first; with complete_mark, only those
+    holding that file (the one a save writes last)."""
     out = Path(output_dir)
     found = []
     for p in out.glob("checkpoint-*") if out.is_dir() else ():
         m = CHECKPOINT_RE.match(p.name)
-        if m and p.is_dir() and (state := checkpoint_state(p)) is not None:
-            found.append((int(m.group(1)), p, state))
+        if m and p.is_dir() and (complete_mark is None or (p / complete_mark).is_file()):
+            found.append((int(m.group(1)), p))
     return sorted(found, key=lambda f: f[0])
+
+
+def complete_checkpoints(output_dir) -> list[tuple[int, Path, dict]]:
+    """(step, folder, state) of every complete checkpoint in output_dir, oldest first."""
+    return [(step, p, state) for step, p in checkpoint_folders(output_dir)
+            if (state := checkpoint_state(p)) is not None]
 
 
 def last_checkpoint(output_dir) -> str | None:
@@ -204,17 +217,7 @@ def claim_output_dir(args, plan: RunPlan) -> str | None:
     """Make output_dir this run's: move what is not its own aside, write the run record and train_args.json.
     Returns a line saying what was moved (None when nothing was). Rank 0 only."""
     out = Path(args.output_dir)
-    moved = None
-    if plan.foreign:
-        dest = out.parent / f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        while dest.exists():
-            dest = dest.with_name(dest.name + "-1")
-        dest.mkdir(parents=True)
-        for p in plan.foreign:
-            p.rename(dest / p.name)
-        moved = (f"overwrite_output_dir: moved {len(plan.foreign)} entries of {out} that were not this run's "
-                 f"({', '.join(p.name for p in plan.foreign[:5])}{', ...' if len(plan.foreign) > 5 else ''}) "
-                 f"to {dest}; nothing was deleted, remove it when you no longer need it")
+    moved = move_aside(out, plan.foreign, "that were not this run's") if plan.foreign else None
     out.mkdir(parents=True, exist_ok=True)
     record = read_record(out) or {}
     if record.get("run_id") != plan.run_id:
@@ -223,6 +226,19 @@ def claim_output_dir(args, plan: RunPlan) -> str | None:
     _write_json(out / RUN_RECORD, record)
     (out / "train_args.json").write_text(args.to_json_string(), encoding="utf-8")
     return moved
+
+
+def move_aside(out: Path, entries: list[Path], which: str = "") -> str:
+    """Move entries of output_dir to a new sibling folder OUT.replaced-TIME; returns the line saying so."""
+    dest = out.parent / f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    while dest.exists():
+        dest = dest.with_name(dest.name + "-1")
+    dest.mkdir(parents=True)
+    for p in entries:
+        p.rename(dest / p.name)
+    names = f"{', '.join(p.name for p in entries[:5])}{', ...' if len(entries) > 5 else ''}"
+    return (f"overwrite_output_dir: moved {len(entries)} entries of {out} {which + ' ' if which else ''}({names}) "
+            f"to {dest}; nothing was deleted, remove it when you no longer need it")
 
 
 def train(trainer, plan: RunPlan, log) -> None:

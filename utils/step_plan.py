@@ -230,14 +230,10 @@ def derived_settings(args, eval_data: bool = False) -> tuple[Derived, ...]:
 
 
 def model_config(args, vocab_size: int | None = None):
-    """The model's config as the run will build it, read before any weight is loaded (an Etude preset's is made
-    from its name, sized to the tokenizer as utils/model.py's build_model sizes it)."""
-    import etude_model
-    if args.model_name_or_path in etude_model.PRESETS:
-        sized = {"vocab_size": etude_model.padded_vocab_size(vocab_size)} if vocab_size else {}
-        return etude_model.make_config(args.model_name_or_path, **sized)
-    from transformers import AutoConfig
-    return AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    """The model's config as the run will build it, read before any weight is loaded (a preset's is made from its
+    name, sized to the tokenizer as utils/model.py's build_model sizes it)."""
+    from utils.model_source import resolve_model_source
+    return resolve_model_source(args.model_name_or_path, args.trust_remote_code).config(vocab_size)
 
 
 def build_plan(args, config, lengths: list[int] | None = None, vocab_size: int | None = None,

@@ -1,38 +1,18 @@
 """Load a tokenizer that is right for training chat models."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
 import chat_template
 from chat_template import control_token_texts
 from chat_template.own import own_jinja
 from chat_template.parity import first_difference, matching_variant
+from utils.model_source import resolve_model_source
 
-# transformers 5 rebuilds a SentencePiece-style pipeline for folders whose tokenizer_class is LlamaTokenizer[Fast],
-# which gives Yi a spurious leading "▁" (../shared/assets/SOURCES.md). Such folders that ship a tokenizer.json are
-# read from that file as it is.
-_REBUILT_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
 PAD_TOKEN = "<|pad|>"
 
 
-def _tokenizer_class(path: Path) -> str | None:
-    config = path / "tokenizer_config.json"
-    if config.is_file():
-        return json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
-    return None
-
-
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
-    import etude_model
-    if name_or_path in etude_model.PRESETS:  # a preset starts from the GPT-2 BPE Etude tokenizer
-        return etude_model.build_etude_tokenizer()
-    path = Path(name_or_path)
-    if path.is_dir() and (path / "tokenizer.json").is_file() and _tokenizer_class(path) in _REBUILT_CLASSES:
-        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    """A folder's (or hub id's) own tokenizer, or the one a preset starts from."""
+    return resolve_model_source(name_or_path, trust_remote_code).load_tokenizer()
 
 
 def set_pad_token(tokenizer, template_name: str) -> None:
@@ -88,9 +68,9 @@ def _template_options(args, tokenizer, name: str, model_jinja: str | None) -> tu
 
 def pick_template(args, tokenizer) -> tuple[str, str, dict]:
     """(template name, why, render options). Looks at the tokenizer's own chat_template before anything changes it."""
-    import etude_model
-    if args.model_name_or_path in etude_model.PRESETS and not args.template_name:
-        return "etude", "Etude preset", {}
+    source = resolve_model_source(args.model_name_or_path)
+    if source.template and not args.template_name:
+        return source.template, f"{source.family.name} preset", {}
     if args.template_name:
         if args.template_name != chat_template.OWN:
             chat_template.get_template(args.template_name)  # fails early on a typo
@@ -103,7 +83,7 @@ def pick_template(args, tokenizer) -> tuple[str, str, dict]:
                              "put a system message into the data instead")
         chat_template.own.analyze(tokenizer)  # refuses a template whose mask cannot be derived, saying why
         return name, reason, {}
-    if args.model_name_or_path in etude_model.PRESETS:
+    if source.from_scratch:  # no folder chat_template to check ours against
         return name, reason, {}
     options, parity = _template_options(args, tokenizer, name, own_jinja(tokenizer))
     shown = "".join(f", {k}={v!r}" for k, v in options.items())
@@ -135,10 +115,9 @@ def add_control_tokens(tokenizer, template_name: str, allow_new: bool = False) -
 def build_tokenizer(args):
     """(tokenizer, template_name, why that template). Tokens it adds make len(tokenizer) exceed the model's
     vocabulary; build_model grows the embeddings to match."""
-    import etude_model
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path, args.trust_remote_code)
     template_name, reason, options = pick_template(args, tokenizer)
-    from_scratch = args.model_name_or_path in etude_model.PRESETS  # every embedding starts random anyway
+    from_scratch = resolve_model_source(args.model_name_or_path).from_scratch  # every embedding starts random
     new = add_control_tokens(tokenizer, template_name, allow_new=args.train_new_tokens or from_scratch)
     if new and not from_scratch:
         trained = ("full fine-tuning trains them" if args.train_mode == "full" else

@@ -10,7 +10,6 @@ What runs in a step (collator, loss backend, step runner) is the run's StepPlan 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -228,6 +227,3 @@ def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, plan=None
         optimizers=(build_optimizer(model, args), None), callbacks=[StopOnNonFiniteLoss(), ProgressFile(), *callbacks],
     )
 
-
-def rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0

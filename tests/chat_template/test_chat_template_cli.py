@@ -67,10 +67,10 @@ def test_show_marks_the_supervised_tokens(data_file, template_tokenizer, shared_
 
 def test_show_truncates_like_training(data_file, template_tokenizer, shared_assets, capsys, monkeypatch):
     """In-process (main()), with the session's tokenizer, so no second tokenizer load."""
-    import utils.tokenizer
+    import chat_template.loading
 
     folder = shared_assets / "tokenizers" / "qwen2.5"
-    monkeypatch.setattr(utils.tokenizer, "load_tokenizer", lambda path: template_tokenizer("qwen"))
+    monkeypatch.setattr(chat_template.loading, "load_tokenizer_folder", lambda path: template_tokenizer("qwen"))
     full = len(encode([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
                        {"role": "user", "content": "再加一？"}, {"role": "assistant", "content": "五。"}],
                       template_tokenizer("qwen"), "qwen", default_system="Be brief.")["input_ids"])
@@ -87,3 +87,20 @@ def test_show_truncates_like_training(data_file, template_tokenizer, shared_asse
 def test_show_refuses_an_index_out_of_range(data_file, capsys):
     assert main(["show", "--tokenizer", "unused", "--data", str(data_file), "--index", "2"]) == 2
     assert "holds 2 samples" in capsys.readouterr().err
+
+
+def test_show_runs_from_any_folder_and_imports_nothing_of_utils(data_file, shared_assets, tmp_path):
+    """`python -m chat_template show` from a folder outside the repository, with chat_template the only package of
+    the repository on the path and a `utils` that refuses to be imported: the package stands on its own."""
+    path = tmp_path / "path"
+    (path / "utils").mkdir(parents=True)
+    (path / "utils" / "__init__.py").write_text("raise ImportError('chat_template imported utils')\n")
+    (path / "chat_template").symlink_to(REPO / "chat_template")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(path), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run([sys.executable, "-m", "chat_template", "show", "--tokenizer",
+                             str(shared_assets / "tokenizers" / "qwen2.5"), "--data", str(data_file), "--color",
+                             "never"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "template  qwen (" in result.stdout and "[[Hello!<|im_end|>]]" in result.stdout

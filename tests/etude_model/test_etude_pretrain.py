@@ -132,6 +132,25 @@ def test_refuses_non_empty_output_dir(tmp_path, corpus_file, small_tokenizer_dir
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+def test_overwrite_output_dir_moves_the_old_run_aside_and_deletes_nothing(tmp_path, corpus_file,
+                                                                          small_tokenizer_dir, capsys):
+    """--overwrite_output_dir starts afresh without deleting a file: the old checkpoints, log and the user's own
+    files move to a sibling OUT.replaced-TIME folder, as main_train.py's overwrite does (utils/run_folder.py)."""
+    out = tmp_path / "out"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoint-4" / "training_state.pt").write_bytes(b"old state")
+    (out / "loss_log.jsonl").write_text('{"step": 4, "train_loss": 9.0}\n')
+    (out / "notes.txt").write_text("keep me")
+    main(pretrain_args(corpus_file, small_tokenizer_dir, out, tmp_path / "cache", 1, "--overwrite_output_dir"))
+    aside, = tmp_path.glob("out.replaced-*")
+    assert (aside / "checkpoint-4" / "training_state.pt").read_bytes() == b"old state"
+    assert (aside / "loss_log.jsonl").read_text() == '{"step": 4, "train_loss": 9.0}\n'
+    assert (aside / "notes.txt").read_text() == "keep me"
+    assert [r["step"] for r in read_log(out)] == [1, 1] and sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-1"]
+    assert f"to {aside}; nothing was deleted" in capsys.readouterr().out
+
+
 def test_fused_ce_on_cpu_trains_exactly_like_the_plain_loop(tmp_path, corpus_file, small_tokenizer_dir, capsys):
     """--fused_ce is a CUDA kernel; on CPU torch's cross-entropy runs in its place: the plain run's log, exactly."""
     cache = tmp_path / "cache"

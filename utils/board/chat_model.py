@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig, TextIteratorStreamer
+from transformers import GenerationConfig, TextIteratorStreamer
 
 import chat_template
-import etude_model  # noqa: F401  (registers Etude with the Auto classes)
+from utils.model_source import load_saved_model
 from utils.tokenizer import load_tokenizer
 
 
@@ -60,7 +60,7 @@ def load(folder: str, trust_remote_code: bool = False) -> ChatModel:
         chat_template.detect(base or str(path), tokenizer)[0]
     chat_template.apply_to_tokenizer(tokenizer, template)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base or str(path), dtype=dtype, trust_remote_code=trust_remote_code)
+    model = load_saved_model(base or str(path), dtype=dtype, trust_remote_code=trust_remote_code)
     if base:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(path))
