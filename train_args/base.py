@@ -343,8 +343,10 @@ FIELD_RULES = (
      "must be > 0 with pref_loss exo_pair (the EXO paper uses 1e-3)"),
     ("kto_desirable_weight", lambda a: a.kto_desirable_weight > 0, "must be > 0"),
     ("kto_undesirable_weight", lambda a: a.kto_undesirable_weight > 0, "must be > 0"),
-    ("stage", lambda a: a.stage == "sft" or not (a.padding_free or a.chunked_loss or a.cuda_graphs),
-     "padding_free, chunked_loss and cuda_graphs are SFT fast paths (trl computes preference log-probs itself)"),
+    ("stage", lambda a: a.stage == "sft" or not (a.cuda_graphs or a.micro_batch_max_tokens or a.memory_budget_gb or (
+        (a.padding_free or a.chunked_loss) and not (a.stage == "dpo" and a.pref_loss in DPO_LOSSES))),
+     "padding_free and chunked_loss serve stage sft and stage dpo with a DPO loss (its log-probs are always computed "
+     "chunk by chunk); cuda_graphs, micro_batch_max_tokens and memory_budget_gb are SFT fast paths"),
     ("ref_model_path", lambda a: not _reference_free(a) or not (a.ref_model_path or a.precompute_ref_log_probs),
      "this stage and pref_loss use no reference policy: drop ref_model_path and precompute_ref_log_probs"),
 )

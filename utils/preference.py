@@ -150,7 +150,10 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
         eval_set = eval_set and eval_set.map(reward_row, remove_columns=eval_set.column_names)
     kwargs = dict(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                   processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *callbacks])
-    if trainer_cls in (DojoDPOTrainer, DojoKTOTrainer):
+    if trainer_cls is DojoDPOTrainer and args.padding_free:  # the fast path: packed rows (utils/preference_fast.py)
+        from utils.preference_fast import FastDPOTrainer, packed_collator
+        trainer_cls, kwargs["data_collator"] = FastDPOTrainer, packed_collator(args, model, tokenizer)
+    if issubclass(trainer_cls, (DojoDPOTrainer, DojoKTOTrainer)):
         kwargs["ref_model"] = reference
     dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     trainer = trainer_cls(**kwargs)

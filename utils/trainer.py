@@ -134,17 +134,16 @@ def build_collator(args, model, tokenizer):
                                pad_token_id=tokenizer.pad_token_id or 0, max_tokens=args.micro_batch_max_tokens)
 
 
-class DojoTrainer(Trainer):
-    """The HF Trainer minus two walks over every parameter of the model on every step.
+class WalkParametersOnce:
+    """A Trainer mixin: the HF Trainer minus two walks over every parameter of the model on every step.
 
     With LoRA, a 0.5B Qwen has ~16k modules. The Trainer counts all parameters for its FLOP log and hands all of
     them to gradient clipping at each step; a cProfile of the timed steps on the H100 put ~40 ms per step in
     these walks, while the GPU work of the step was ~75 ms (bench/README.md). Both are done once here, with the
-    same results (tests/utils/test_trainer.py)."""
+    same results (tests/utils/test_trainer.py). Mixed in before the Trainer class (DojoTrainer, the DPO fast path)."""
 
     _params_no_embedding = None
     _trainable = None
-    _graphed = None
 
     def floating_point_ops(self, inputs) -> int:
         if self._params_no_embedding is None:
@@ -163,6 +162,13 @@ class DojoTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._trainable = None  # the model may be re-wrapped between calls
         return super().train(*args, **kwargs)
+
+
+class DojoTrainer(WalkParametersOnce, Trainer):
+    """The HF Trainer with our loss seam (utils/loss.py), pieces of a long micro-batch, CUDA graphs, no checkpoint of
+    a broken run, and WalkParametersOnce."""
+
+    _graphed = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The loss through utils/loss.py's causal_lm_loss, the one every training path uses: the model's own
