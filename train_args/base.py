@@ -119,7 +119,8 @@ class TrainArgs(TrainingArguments):
         "LoRA init: default (A kaiming, B zero), gaussian, pissa, pissa_niter_N, olora, ..."))
     padding_free: bool = field(default=False, metadata=_help(
         "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
-        "(same loss and gradients; no compute spent on pad tokens). For Qwen/Llama/Gemma/Phi-3-type models."))
+        "(same loss and gradients; no compute spent on pad tokens). For Qwen/Llama/Gemma/Phi-3-type models. "
+        "Stage dpo too: each micro-batch's chosen and rejected sequences in one row, policy and reference."))
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
         "cuts kernel launches, which dominate small-model steps. The first steps compile (about a minute on a "

@@ -2,7 +2,8 @@
 
 `run` reads top to bottom like main_train.py's SFT run: data -> model -> reference -> trainer -> held-out preference
 accuracy before -> train -> after -> save. trl 1.16 is the implementation of every loss:
-  dpo + sigmoid, ipo, hinge, ... (DPO)  trl.DPOTrainer (log-probs through its chunked LM head: no full logits)
+  dpo + sigmoid, ipo, hinge, ... (DPO)  trl.DPOTrainer (log-probs through its chunked LM head: no full logits;
+                                        padding_free: on packed rows, utils/preference_fast.py)
   dpo + orpo                            trl.experimental.orpo.ORPOTrainer
   dpo + simpo, cpo                      trl.experimental.cpo.CPOTrainer (loss_type simpo / sigmoid)
   kto                                   trl.KTOTrainer

@@ -48,17 +48,22 @@ class PackedPreferenceCollator:
                      for side in ("chosen", "rejected") for e in examples]  # the padded batch's row order
         row = self.packer.pack(sequences, bucket=0)
         batch.update({PACKED_PREFIX + k: row.pop(k) for k in ("input_ids", "position_ids", "labels")})
+        # where the answer tokens' log-probs sit in the packed row's [N-1] per-token outputs: gathered by index,
+        # with no host synchronisation (a boolean mask would need one)
+        batch[PACKED_PREFIX + "answer_index"] = (batch["packed_labels"][0, 1:] != IGNORE_INDEX).nonzero()[:, 0]
         return {**batch, **row}  # row: the boundaries, with varlen
 
 
-def relayout(output, padded_labels: torch.Tensor):
+def relayout(output, padded_labels: torch.Tensor, answer_index: torch.Tensor):
     """trl's FusedCausalLMOutput of the packed row ([1, N-1] per-token fields) in the padded batch's shape: each
-    field's values at the packed answer tokens, in order, placed at the padded answer tokens ([2B, T-1])."""
-    packed_mask, padded_mask = output.label_mask, padded_labels[:, 1:] != IGNORE_INDEX
+    field's values at the packed answer tokens (answer_index), in order, placed at the padded answer tokens
+    ([2B, T-1])."""
+    padded_mask = padded_labels[:, 1:] != IGNORE_INDEX
     for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1"):
         value = getattr(output, name)
         if value is not None:
-            setattr(output, name, value.new_zeros(padded_mask.shape).masked_scatter(padded_mask, value[packed_mask]))
+            answers = value[0].index_select(0, answer_index)
+            setattr(output, name, value.new_zeros(padded_mask.shape).masked_scatter(padded_mask, answers))
     output.label_mask = padded_mask
     return output
 
@@ -79,7 +84,7 @@ def install_packed_forward(causal_lm) -> None:
         kwargs.pop("input_ids", None), kwargs.pop("attention_mask", None)  # the padded batch: not fed to the model
         out = fused_forward(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
                             labels=packed["labels"], fused_lm_head=True, **boundaries, **kwargs)
-        return relayout(out, labels)
+        return relayout(out, labels, packed["answer_index"])
 
     causal_lm.forward = types.MethodType(forward, causal_lm)
     causal_lm._dojo_packed_forward = True
