@@ -112,3 +112,27 @@ def test_fast_dpo_trains_via_main_train_with_the_adapter_off_as_reference(tiny_m
     assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy = reference, no pair ranked yet
     before, after = map(float, re.search(r"accuracy: ([\d.]+)% before -> ([\d.]+)%", log).groups())
     assert after > before
+
+
+@pytest.mark.parametrize("reference", [["--train_mode", "full"], ["--train_mode", "full", "--precompute_ref_log_probs",
+                                                                   "true"]])
+def test_fast_dpo_full_training_packs_the_frozen_or_precomputed_reference(reference, tiny_model, tmp_path):
+    """Full training: the reference is a frozen copy, or its log-probs are computed once before training (inside
+    trl's __init__, through the packed forward too); both give the packed log-probs of trl's padded batches."""
+    data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    runs, rows = {}, {}
+    for fast in ("false", "true"):
+        rows[fast] = []  # the batch size of every embedding lookup: 1 for a packed row
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, inputs, output: rows[fast].append(inputs[0].shape[0])
+            if isinstance(module, torch.nn.Embedding) else None)
+        try:
+            runs[fast] = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / fast, "--stage", "dpo",
+                                                   "--padding_free", fast, "--max_steps", "2", *reference))
+        finally:
+            hook.remove()
+    assert isinstance(runs["true"], FastDPOTrainer) and not isinstance(runs["false"], FastDPOTrainer)
+    assert set(rows["true"]) == {1} and set(rows["false"]) == {8}  # policy and reference: packed, or 2 x 4 padded
+    for key in ("loss", "rewards/margins", "logps/chosen"):
+        want = [h[key] for h in runs["false"].state.log_history if key in h]
+        assert [h[key] for h in runs["true"].state.log_history if key in h] == pytest.approx(want, abs=1e-5), key
