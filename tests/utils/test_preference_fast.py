@@ -2,6 +2,7 @@
 and gradients as its own padded batches, on a tiny random Qwen2 in fp32 with the real Qwen tokenizer."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 
@@ -15,6 +16,7 @@ from trl import DPOConfig
 import main_train
 from tests.conftest import write_jsonl
 from tests.test_preference import PAIRS, all_parameters, pref_argv
+from utils.config import parse_args
 from utils.preference import DojoDPOTrainer
 from utils.preference_fast import FastDPOTrainer, PackedPreferenceCollator
 
@@ -136,3 +138,12 @@ def test_fast_dpo_full_training_packs_the_frozen_or_precomputed_reference(refere
     for key in ("loss", "rewards/margins", "logps/chosen"):
         want = [h[key] for h in runs["false"].state.log_history if key in h]
         assert [h[key] for h in runs["true"].state.log_history if key in h] == pytest.approx(want, abs=1e-5), key
+
+
+def test_ready_fast_dpo_config_is_qwen_dpo_on_packed_rows(tmp_path):
+    """qwen_dpo_fast differs from qwen_dpo in the fast path's two switches only (and its output folder): the runs
+    above prove the switches change no loss."""
+    plain, fast = (parse_args([name, "--model_name_or_path", "m"]) for name in ("qwen_dpo", "qwen_dpo_fast"))
+    changed = {f.name: getattr(fast, f.name) for f in dataclasses.fields(plain)
+               if f.init and getattr(plain, f.name) != getattr(fast, f.name)}
+    assert changed == {"padding_free": True, "attn_implementation": "varlen", "output_dir": "output/qwen_dpo_fast"}
