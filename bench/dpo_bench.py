@@ -19,7 +19,8 @@ process (a fresh CUDA allocator and peak):
 Reported per row: tokens/s over the timed steps (after --warmup; non-pad prompt + answer tokens of chosen and
 rejected, trl's num_tokens count), peak allocated GPU GB over the whole run, the loss of every step. The losses must
 match across rows (the last table column: the largest difference from the trl row's, bf16 rounding on CUDA).
-One JSON (--out) and a printed table; a row that fails or runs past its share of --deadline_s is reported as such.
+One JSON (--out) and a printed table; each row's output in dpo_bench_ROW.log beside it. Each row gets an equal share of
+what is left of --deadline_s: it stops early (fewer timed steps) near 80% of it, and is killed at 100%.
 """
 from __future__ import annotations
 
@@ -108,11 +109,15 @@ def run_row(a) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     class StepClock(TrainerCallback):
+        """Each step's end; stops the run once the row's share of the deadline is near (a shorter timed span, not a
+        lost row)."""
         times = []
 
         def on_step_end(self, args, state, control, **kwargs):
             sync()
             self.times.append(time.perf_counter())
+            if time.time() > a.stop_at and len(self.times) > a.warmup + 1:
+                control.should_training_stop = True
 
     trainer = build_row(a)
     trainer.add_callback(StepClock())
@@ -122,6 +127,8 @@ def run_row(a) -> dict:
     logs = [h for h in trainer.state.log_history if "loss" in h and "num_tokens" in h]
     tokens = [h["num_tokens"] for h in logs]  # cumulative non-pad tokens, trl's count, every step (logging_steps 1)
     times, w = StepClock.times, a.warmup
+    if len(times) <= w:
+        raise RuntimeError(f"only {len(times)} steps before the row's deadline: nothing timed after --warmup {w}")
     return {"row": a.row, "trainer": type(trainer).__name__, "steps": len(times), "timed_steps": len(times) - w,
             "tokens_per_s": round((tokens[-1] - tokens[w - 1]) / (times[-1] - times[w - 1]), 1),
             "peak_alloc_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
@@ -155,6 +162,7 @@ def main():
     parser.add_argument("--out", default="/tmp/dpo_bench.json")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: run one row in this process
     parser.add_argument("--model_dir", help=argparse.SUPPRESS)
+    parser.add_argument("--stop_at", type=float, default=float("inf"), help=argparse.SUPPRESS)  # time.time()
     a = parser.parse_args()
     if not 1 <= a.warmup < a.steps:
         parser.error("need 1 <= --warmup < --steps")
@@ -170,16 +178,19 @@ def main():
     for i, name in enumerate(names):
         left = a.deadline_s - (time.perf_counter() - start)
         budget = left / (len(names) - i)  # an equal share of what is left: a stuck row cannot starve the others
-        out = Path(f"/tmp/dpo_bench_row_{name}.json")
+        out, log = Path(f"/tmp/dpo_bench_row_{name}.json"), Path(a.out).with_name(f"dpo_bench_{name}.log")
         out.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--row", name, "--model_dir", str(model_dir), "--out", str(out),
+               "--stop_at", str(time.time() + 0.8 * budget),  # the row stops itself; the timeout is the backstop
                *[x for k in ("steps", "warmup", "batch", "max_len") for x in (f"--{k}", str(getattr(a, k)))]]
         try:
-            done = subprocess.run(cmd, timeout=max(budget, 1), capture_output=True, text=True)
+            with log.open("w") as sink:
+                done = subprocess.run(cmd, timeout=max(budget, 1), stdout=sink, stderr=subprocess.STDOUT)
             rows.append(json.loads(out.read_text()) if done.returncode == 0 else
-                        {"row": name, "error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"})
+                        {"row": name, "error": f"exit {done.returncode}: "
+                                               f"{log.read_text().strip().splitlines()[-1:]} (all: {log})"})
         except subprocess.TimeoutExpired:
-            rows.append({"row": name, "error": f"past its {budget:.0f} s share of --deadline_s"})
+            rows.append({"row": name, "error": f"past its {budget:.0f} s share of --deadline_s (log: {log})"})
         print(json.dumps(rows[-1]), flush=True)
     import torch
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
