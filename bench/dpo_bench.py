@@ -170,6 +170,7 @@ def main():
         Path(a.out).write_text(json.dumps(run_row(a)))
         return
     start = time.perf_counter()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     model_dir = Path(f"/tmp/dpo_bench_model_{a.model}")
     shutil.rmtree(model_dir, ignore_errors=True)
     make_model(a.model, model_dir)
