@@ -72,7 +72,7 @@ def install_packed_forward(causal_lm) -> None:
     """Make a causal LM that trl gave its fused LM head compute it on the packed row when a batch carries one: the
     model's call with fused_lm_head=True and the packed keys returns what trl's head returns for the padded batch.
     Any other call (generation, a plain forward, a batch without a packed row) is trl's forward unchanged."""
-    if getattr(causal_lm, "_dojo_packed_forward", False):
+    if getattr(causal_lm.forward, "packs_preference_rows", False):  # already ours (trl patches anew per trainer)
         return
     fused_forward = causal_lm.forward  # trl's (add_fused_lm_head), bound to the model
 
@@ -86,8 +86,8 @@ def install_packed_forward(causal_lm) -> None:
                             labels=packed["labels"], fused_lm_head=True, **boundaries, **kwargs)
         return relayout(out, labels, packed["answer_index"])
 
+    forward.packs_preference_rows = True
     causal_lm.forward = types.MethodType(forward, causal_lm)
-    causal_lm._dojo_packed_forward = True
 
 
 def check_packable(model) -> None:
