@@ -1,10 +1,13 @@
 """DPO LoRA on a random Qwen2.5-0.5B-shaped model: trl's DPOTrainer and our two preference paths on the same pairs.
 
-Device command (one H100, about 4 minutes; from the repository root, wheels in /tmp/site, assets carried):
+Device command (one H100, about 4 minutes; from the repository root; carry .whl and .device_assets, which hold the
+wheels of bench/gpu_bench.sh and the Qwen2.5 tokenizer + dpo_en_demo.jsonl under .device_assets/assets):
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:$PWD DOJO_SHARED_ASSETS=$PWD/.device_assets/assets HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
       TOKENIZERS_PARALLELISM=false python3 bench/dpo_bench.py --out $OUT/dpo_bench.json --deadline_s 230
-CPU plumbing check (a tiny model, a minute):
-    python bench/dpo_bench.py --model tiny --steps 4 --warmup 1 --batch 2 --out /tmp/dpo_bench.json
+CPU plumbing check (a tiny model; a few minutes on 2 cores, most of it trl's CPU log-prob head over 152k words):
+    python bench/dpo_bench.py --model tiny --steps 4 --warmup 1 --batch 2 --max_len 128 --deadline_s 900 \
+      --out /tmp/dpo_cpu/dpo_bench.json
 
 Every row trains the same random model (--model 0.5b: ../shared/bench/peer_bench.py's "0.5b" dims; seed 0) with LoRA
 r16/alpha32, dropout 0, on every linear layer but the head, beta 0.1, sigmoid loss, activation checkpointing, bf16
@@ -52,7 +55,8 @@ def make_model(name: str, folder: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
     config = Qwen2Config(**DIMS[name], use_cache=False)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a GPU initialises 0.5B weights in a blink
+        Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
     for f in (ASSETS / "tokenizers" / "qwen2.5").iterdir():
         shutil.copy(f, folder / f.name)
     return folder
