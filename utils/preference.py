@@ -13,6 +13,7 @@ tokenizer's chat template, and ours is the official one, token for token (utils/
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,6 +25,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, Rewa
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from chat_template import IGNORE_INDEX
+from utils.attention import NAME as VARLEN
 from train_args.base import REFERENCE_FREE_LOSSES
 from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, count_parameters,
                          prepare_quantized, resolve_dtype)
@@ -175,11 +177,30 @@ def _eval_mode(model):
     return model.eval()
 
 
+@contextlib.contextmanager
+def padded_attention(model):
+    """sdpa for padded batches on a model trained with varlen attention, which attends within packed rows only
+    (the same attention; utils/score.py's generation does the same)."""
+    varlen = getattr(model.config, "_attn_implementation", None) == VARLEN
+    if varlen:
+        model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        if varlen:
+            model.set_attn_implementation(VARLEN)
+
+
 @torch.no_grad()
 def preference_accuracy(model, dataset, tokenizer, reward_model: bool, batch_size: int = 8) -> float:
     """Fraction of pairs the model ranks right: a reward model scores chosen above rejected; a policy gives the
     chosen answer the higher mean log-prob per token. Needs no reference, so it means the same before training
     and after, for every method."""
+    with padded_attention(model):
+        return _preference_accuracy(model, dataset, tokenizer, reward_model, batch_size)
+
+
+def _preference_accuracy(model, dataset, tokenizer, reward_model: bool, batch_size: int) -> float:
     was_training, device = model.training, next(model.parameters()).device
     _eval_mode(model)
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)

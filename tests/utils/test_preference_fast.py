@@ -103,10 +103,12 @@ def test_fast_dpo_loss_metrics_and_gradients_equal_trl(loss, tiny_model, tmp_pat
 
 
 def test_fast_dpo_trains_via_main_train_with_the_adapter_off_as_reference(tiny_model, tmp_path, capsys):
-    """`--padding_free true` on stage dpo: our trainer, no second model copy, and the policy learns the pairs."""
+    """`--padding_free true --attn_implementation varlen` on stage dpo: our trainer, no second model copy, the policy
+    learns the pairs, and the held-out accuracy (padded batches, no packed boundaries) is measured through sdpa."""
     data = write_jsonl(tmp_path / "d.jsonl", PAIRS)
     trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / "o", "--stage", "dpo",
-                                        "--padding_free", "true", "--max_steps", "8", "--eval_data_path", str(data)))
+                                        "--padding_free", "true", "--attn_implementation", "varlen",
+                                        "--max_steps", "8", "--eval_data_path", str(data)))
     log = capsys.readouterr().out
     assert isinstance(trainer, FastDPOTrainer) and "[dojo] verified" in log
     assert trainer.ref_model is None and all_parameters(trainer) == sum(p.numel() for p in trainer.model.parameters())
