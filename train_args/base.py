@@ -121,7 +121,8 @@ class TrainArgs(TrainingArguments):
     padding_free: bool = field(default=False, metadata=_help(
         "Fast path: concatenate each micro-batch into one row with restarting position ids instead of padding "
         "(same loss and gradients; no compute spent on pad tokens). For the model types whose capabilities include "
-        "it (utils/step_plan.py: Qwen, Llama, Mistral, Gemma, Phi-3)."))
+        "it (utils/step_plan.py: Qwen, Llama, Mistral, Gemma, Phi-3). Stage dpo too: each micro-batch's chosen and "
+        "rejected sequences in one row, policy and reference."))
     compile_layers: bool = field(default=False, metadata=_help(
         "Fast path: torch.compile every decoder layer (torchtune's recipe). Fuses the small ops between matmuls and "
         "cuts kernel launches, which dominate small-model steps. The first steps compile (bench/README.md has "

@@ -2,7 +2,8 @@
 
 `run` reads top to bottom like main_train.py's SFT run: data -> model -> reference -> trainer -> held-out preference
 accuracy before -> train -> after -> save. trl 1.16 is the implementation of every loss:
-  dpo + sigmoid, ipo, hinge, ... (DPO)  trl.DPOTrainer (log-probs through its chunked LM head: no full logits)
+  dpo + sigmoid, ipo, hinge, ... (DPO)  trl.DPOTrainer (log-probs through its chunked LM head: no full logits;
+                                        padding_free: on packed rows, utils/preference_fast.py)
   dpo + orpo                            trl.experimental.orpo.ORPOTrainer
   dpo + simpo, cpo                      trl.experimental.cpo.CPOTrainer (loss_type simpo / sigmoid)
   kto                                   trl.KTOTrainer
@@ -12,6 +13,7 @@ tokenizer's chat template, and ours is the official one, token for token (utils/
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -23,6 +25,7 @@ from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, RewardConfig, Rewa
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from chat_template import IGNORE_INDEX
+from utils.attention import NAME as VARLEN
 from train_args.base import REFERENCE_FREE_LOSSES
 from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, count_parameters,
                          prepare_quantized, resolve_dtype)
@@ -150,7 +153,10 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
         eval_set = eval_set and eval_set.map(reward_row, remove_columns=eval_set.column_names)
     kwargs = dict(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
                   processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *callbacks])
-    if trainer_cls in (DojoDPOTrainer, DojoKTOTrainer):
+    if trainer_cls is DojoDPOTrainer and args.padding_free:  # the fast path: packed rows (utils/preference_fast.py)
+        from utils.preference_fast import FastDPOTrainer, packed_collator
+        trainer_cls, kwargs["data_collator"] = FastDPOTrainer, packed_collator(args, model, tokenizer)
+    if issubclass(trainer_cls, (DojoDPOTrainer, DojoKTOTrainer)):
         kwargs["ref_model"] = reference
     dtypes = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
     trainer = trainer_cls(**kwargs)
@@ -171,11 +177,30 @@ def _eval_mode(model):
     return model.eval()
 
 
+@contextlib.contextmanager
+def padded_attention(model):
+    """sdpa for padded batches on a model trained with varlen attention, which attends within packed rows only
+    (the same attention; utils/score.py's generation does the same)."""
+    varlen = getattr(model.config, "_attn_implementation", None) == VARLEN
+    if varlen:
+        model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        if varlen:
+            model.set_attn_implementation(VARLEN)
+
+
 @torch.no_grad()
 def preference_accuracy(model, dataset, tokenizer, reward_model: bool, batch_size: int = 8) -> float:
     """Fraction of pairs the model ranks right: a reward model scores chosen above rejected; a policy gives the
     chosen answer the higher mean log-prob per token. Needs no reference, so it means the same before training
     and after, for every method."""
+    with padded_attention(model):
+        return _preference_accuracy(model, dataset, tokenizer, reward_model, batch_size)
+
+
+def _preference_accuracy(model, dataset, tokenizer, reward_model: bool, batch_size: int) -> float:
     was_training, device = model.training, next(model.parameters()).device
     _eval_mode(model)
     collate = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)

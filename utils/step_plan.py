@@ -109,13 +109,21 @@ SWITCH_RULES = (
      "packed rows)"),
     ("memory_budget_gb", lambda a, world: a.memory_budget_gb == 0 or (a.memory_budget_gb > 0 and a.padding_free),
      "must be >= 0 and needs padding_free true (it chooses micro_batch_max_tokens)"),
-    ("stage", lambda a, world: a.stage == "sft" or not (a.padding_free or a.chunked_loss or a.cuda_graphs),
-     "padding_free, chunked_loss and cuda_graphs are SFT fast paths (trl computes preference log-probs itself)"),
+    ("stage", lambda a, world: a.stage == "sft" or not (a.cuda_graphs or a.micro_batch_max_tokens or a.memory_budget_gb
+                                                         or (a.padding_free or a.chunked_loss) and not _dpo_loss(a)),
+     "padding_free and chunked_loss serve stage sft and stage dpo with a DPO loss (its log-probs are always computed "
+     "chunk by chunk); cuda_graphs, micro_batch_max_tokens and memory_budget_gb are SFT fast paths"),
     ("cuda_graphs", lambda a, world: not a.cuda_graphs or world == 1, ONE_PROCESS),
     ("chunked_loss", lambda a, world: not a.chunked_loss or world == 1, ONE_PROCESS),
     ("micro_batch_max_tokens", lambda a, world: not a.micro_batch_max_tokens or world == 1,
      ONE_PROCESS + "; memory_budget_gb sets it"),
 )
+
+
+def _dpo_loss(a) -> bool:
+    """Stage dpo with one of DPOTrainer's losses: its fast path packs chosen and rejected (utils/preference_fast.py)."""
+    from train_args.base import DPO_LOSSES
+    return a.stage == "dpo" and a.pref_loss in DPO_LOSSES
 
 
 def launched_world_size() -> int:

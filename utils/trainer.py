@@ -41,26 +41,16 @@ class StopOnNonFiniteLoss(TrainerCallback):
                     f"bf16 instead of fp16; the last good checkpoint in {args.output_dir} is kept.")
 
 
-class DojoTrainer(Trainer):
-    """The HF Trainer running the step of a StepPlan (utils/step_plan.py), minus two walks over every parameter of the
-    model on every step.
+class WalkParametersOnce:
+    """A Trainer mixin: the HF Trainer minus two walks over every parameter of the model on every step.
 
-    plan: the run's StepPlan (omitted: the one the args and the model's config give). The Trainer runs with a copy
-    of args carrying the plan's derived settings (StepPlan.trainer_args); the args given are left as they are.
     With LoRA a small model has thousands of modules. The Trainer counts all parameters for its FLOP log and hands
     all of them to gradient clipping at each step, host time that is a large share of a small model's step
-    (bench/README.md). Both are done once here, with the same results (tests/utils/test_trainer.py).
-    micro_batch_hooks: functions (inputs, loss) called after each micro-batch's forward + backward (the bench's
-    token meter); capture_hooks: functions (inputs, seconds) called after each CUDA-graph capture."""
+    (bench/README.md). Both are done once here, with the same results (tests/utils/test_trainer.py). Mixed in
+    before the Trainer class (DojoTrainer, the DPO fast path)."""
 
     _params_no_embedding = None
     _trainable = None
-    _graphed = None
-
-    def __init__(self, model=None, args=None, *rest, plan=None, **kwargs):
-        self.plan = plan or build_plan(args, getattr(model, "config", None))
-        self.micro_batch_hooks, self.capture_hooks = [], []
-        super().__init__(model, self.plan.trainer_args(args), *rest, **kwargs)
 
     def floating_point_ops(self, inputs) -> int:
         if self._params_no_embedding is None:
@@ -79,6 +69,23 @@ class DojoTrainer(Trainer):
     def train(self, *args, **kwargs):
         self._trainable = None  # the model may be re-wrapped between calls
         return super().train(*args, **kwargs)
+
+
+class DojoTrainer(WalkParametersOnce, Trainer):
+    """The HF Trainer running the step of a StepPlan (utils/step_plan.py): our loss seam (utils/loss.py), pieces of a
+    long micro-batch, CUDA graphs, no checkpoint of a broken run, and WalkParametersOnce.
+
+    plan: the run's StepPlan (omitted: the one the args and the model's config give). The Trainer runs with a copy
+    of args carrying the plan's derived settings (StepPlan.trainer_args); the args given are left as they are.
+    micro_batch_hooks: functions (inputs, loss) called after each micro-batch's forward + backward (the bench's
+    token meter); capture_hooks: functions (inputs, seconds) called after each CUDA-graph capture."""
+
+    _graphed = None
+
+    def __init__(self, model=None, args=None, *rest, plan=None, **kwargs):
+        self.plan = plan or build_plan(args, getattr(model, "config", None))
+        self.micro_batch_hooks, self.capture_hooks = [], []
+        super().__init__(model, self.plan.trainer_args(args), *rest, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The loss through utils/loss.py's causal_lm_loss, the one every training path uses: the model's own

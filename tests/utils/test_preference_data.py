@@ -160,7 +160,9 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
     (dict(stage="dpo", beta=0.0), "beta: must be > 0"),
     (dict(stage="dpo", pref_loss="exo_pair"), "label_smoothing: must be > 0 with pref_loss exo_pair"),
     (dict(stage="dpo", pref_loss="simpo", ref_model_path="/m"), "use no reference policy"),
-    (dict(stage="dpo", padding_free=True), "SFT fast paths"),
+    (dict(stage="kto", padding_free=True), "padding_free and chunked_loss serve stage sft and stage dpo"),
+    (dict(stage="dpo", pref_loss="simpo", padding_free=True), "serve stage sft and stage dpo with a DPO loss"),
+    (dict(stage="dpo", padding_free=True, micro_batch_max_tokens=512), "are SFT fast paths"),
 ])
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
