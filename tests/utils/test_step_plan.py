@@ -38,8 +38,9 @@ def test_switch_rules_report_every_broken_rule_at_once():
     fields = [p.split(":")[0] for p in err.value.problems]
     assert fields == ["lora_rank", "attn_implementation", "cuda_graphs", "memory_budget_gb"]
     assert "cuda_graphs: needs padding_free true and attn_implementation varlen" in err.value.problems[2]
-    with pytest.raises(ConfigError, match="stage: padding_free, chunked_loss and cuda_graphs are SFT fast paths"):
-        _args(stage="dpo", padding_free=True)
+    with pytest.raises(ConfigError, match="stage: padding_free and chunked_loss serve stage sft and stage dpo"):
+        _args(stage="kto", padding_free=True)
+    assert _args(stage="dpo", padding_free=True).padding_free  # DPO's fast path packs chosen and rejected
 
 
 def test_one_process_switches_are_refused_under_torchrun(monkeypatch):
