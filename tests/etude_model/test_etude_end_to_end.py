@@ -51,6 +51,8 @@ def test_pretrain_sft_dpo_chain_raises_preference_accuracy_and_chats(tmp_path, c
     assert models["pretrain"].config.model_type == "etude" and models["dpo"].config.training_stage == "sft"
     sft_weight, dpo_weight = (models[s].model.layers[0].mlp.up_proj.weight for s in ("sft", "dpo"))
     assert not torch.equal(sft_weight, dpo_weight)  # DPO trained the SFT model, and saved what it trained
-    inference.main(["--model_name_or_path", str(dpo), "--prompt", "first: apple river", "--max_new_tokens", "6",
-                    "--temperature", "0"])
-    assert capsys.readouterr().out.strip()  # an answer, in the etude template the DPO run saved
+    chat = ["--model_name_or_path", str(dpo), "--prompt", "first: apple river", "--max_new_tokens", "6",
+            "--temperature", "0"]
+    inference.main(chat)  # answers one prompt and exits
+    _, tokenizer, stops = inference.load(inference.parse_args(chat))
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stops  # the DPO folder keeps the etude template's stop
