@@ -1,0 +1,57 @@
+"""Write data/skill_pairs/{train,eval}.jsonl: preference pairs for the Etude example's DPO stage.
+
+The skills SFT data (make_skills.py) never shows the instruction "first:", so a model fine-tuned on it can only guess
+what "first: apple river stone" asks for; it answers like a skill it knows. Each pair prefers the first word
+("apple") to such a guess: the last word ("stone", the skill "last") or the whole list ("apple river stone", the skill
+"repeat"). DPO then has something to change that a tiny model can learn in a few hundred CPU steps. The eval pairs'
+word lists are never in the train pairs, so held-out preference accuracy measures the preference, not memory.
+
+    python data/make_skill_pairs.py [--n_train 1000] [--n_eval 100] [--seed 0] [--out data/skill_pairs]
+"""
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from data.make_skills import WORDS  # noqa: E402  (the same words as the SFT data)
+
+
+def pair(words: list[str], rng: random.Random) -> dict:
+    """trl's string shape; rejected: what a model that knows only repeat/reverse/last plausibly answers."""
+    guess = rng.choice(("last", "repeat"))
+    rejected = words[-1] if guess == "last" else " ".join(words)
+    return {"prompt": "first: " + " ".join(words), "chosen": words[0], "rejected": rejected}
+
+
+def make_pair_splits(n_train: int, n_eval: int, seed: int = 0, max_words: int = 4):
+    """(train pairs, eval pairs); every word list occurs once, so no eval prompt is trained on."""
+    rng = random.Random(seed)
+    seen, rows = set(), []
+    while len(rows) < n_train + n_eval:
+        words = rng.sample(WORDS, rng.randint(2, max_words))
+        if tuple(words) not in seen:
+            seen.add(tuple(words))
+            rows.append(pair(words, rng))
+    return rows[:n_train], rows[n_train:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n_train", type=int, default=1000)
+    parser.add_argument("--n_eval", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "skill_pairs"))
+    args = parser.parse_args()
+    train, evals = make_pair_splits(args.n_train, args.n_eval, args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("eval", evals)):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    print(f"wrote {len(train)} train and {len(evals)} eval pairs to {out}")
+
+
+if __name__ == "__main__":
+    main()
