@@ -11,11 +11,12 @@ word lists are never in the train pairs, so held-out preference accuracy measure
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from data.make_skills import WORDS  # noqa: E402  (the same words as the SFT data)
+try:  # the same words as the SFT data
+    from data.make_skills import WORDS  # imported from the repository root (the tests)
+except ImportError:
+    from make_skills import WORDS  # run as a script: this folder is first on sys.path
 
 
 def pair(words: list[str], rng: random.Random) -> dict:
