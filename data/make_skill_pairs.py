@@ -9,14 +9,13 @@ word lists are never in the train pairs, so held-out preference accuracy measure
     python data/make_skill_pairs.py [--n_train 1000] [--n_eval 100] [--seed 0] [--out data/skill_pairs]
 """
 import argparse
-import json
 import random
 from pathlib import Path
 
 try:  # the same words as the SFT data
-    from data.make_skills import WORDS  # imported from the repository root (the tests)
+    from data.make_skills import WORDS, write_splits  # imported from the repository root (the tests)
 except ImportError:
-    from make_skills import WORDS  # run as a script: this folder is first on sys.path
+    from make_skills import WORDS, write_splits  # run as a script: this folder is first on sys.path
 
 
 def pair(words: list[str], rng: random.Random) -> dict:
@@ -32,7 +31,7 @@ def make_pair_splits(n_train: int, n_eval: int, seed: int = 0, max_words: int = 
     seen, rows = set(), []
     while len(rows) < n_train + n_eval:
         words = rng.sample(WORDS, rng.randint(2, max_words))
-        if tuple(words) not in seen:
+        if tuple(words) not in seen:  # a repeat draws no rejected answer, so the data stays as published
             seen.add(tuple(words))
             rows.append(pair(words, rng))
     return rows[:n_train], rows[n_train:]
@@ -47,10 +46,7 @@ def main():
     args = parser.parse_args()
     train, evals = make_pair_splits(args.n_train, args.n_eval, args.seed)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", train), ("eval", evals)):
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
+    write_splits(out, train, evals)
     print(f"wrote {len(train)} train and {len(evals)} eval pairs to {out}")
 
 

@@ -33,14 +33,25 @@ def sample(rng: random.Random, skills=SKILLS, max_words: int = 4) -> dict:
 def make_splits(n_train: int, n_eval: int, seed: int = 0, skills=SKILLS, max_words: int = 4):
     """(train rows, eval rows) in OpenAI messages format; every prompt occurs once, so no eval prompt is trained on."""
     rng = random.Random(seed)
+    return unique_splits(n_train, n_eval, lambda: sample(rng, skills, max_words), lambda r: r["messages"][0]["content"])
+
+
+def unique_splits(n_train: int, n_eval: int, draw, key):
+    """(train rows, eval rows) from draw(), no two rows with the same key(row): no eval prompt is trained on."""
     seen, rows = set(), []
     while len(rows) < n_train + n_eval:
-        row = sample(rng, skills, max_words)
-        key = row["messages"][0]["content"]
-        if key not in seen:
-            seen.add(key)
+        row = draw()
+        if key(row) not in seen:
+            seen.add(key(row))
             rows.append(row)
     return rows[:n_train], rows[n_train:]
+
+
+def write_splits(out: Path, train: list, evals: list) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("eval", evals)):
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in part)
 
 
 def main():
@@ -58,10 +69,7 @@ def main():
         parser.error(f"--max_words must be in [2, {len(WORDS)}], got {args.max_words}")
     train, evals = make_splits(args.n_train, args.n_eval, args.seed, tuple(args.skills), args.max_words)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, part in (("train", train), ("eval", evals)):
-        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in part)
+    write_splits(out, train, evals)
     print(f"wrote {args.n_train} train and {args.n_eval} eval samples to {out}")
     if not args.no_tokenizer:
         train_small_tokenizer(train, out / "tokenizer")
