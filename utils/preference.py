@@ -275,6 +275,9 @@ def run(args, tokenizer, template_name: str, plan, log):
         + ("none (reference-free)" if reference is None and (reward_model or args.pref_loss in REFERENCE_FREE_LOSSES)
            else "a frozen model" if reference is not None else "precomputed" if args.precompute_ref_log_probs
            else "the model with its adapter switched off"))
+    if args.padding_free:  # DPO's fast path (the SFT step plan's counterpart; utils/preference_fast.py)
+        log(f"plan: packed rows (each micro-batch's chosen and rejected sequences in one row), attention "
+            f"{args.attn_implementation}, trl's chunked log-prob head")
     snapshot = trainable_snapshot(model)
     scored = eval_set is not None and args.stage != "kto" and rank0()  # KTO answers are unpaired: nothing to rank
     before = preference_accuracy(model, eval_set, tokenizer, reward_model) if scored else None

@@ -111,6 +111,7 @@ def test_fast_dpo_trains_via_main_train_with_the_adapter_off_as_reference(tiny_m
                                         "--max_steps", "8", "--eval_data_path", str(data)))
     log = capsys.readouterr().out
     assert isinstance(trainer, FastDPOTrainer) and "[dojo] verified" in log
+    assert "[dojo] plan: packed rows" in log and "attention varlen" in log  # the run says which step it runs
     assert trainer.ref_model is None and all_parameters(trainer) == sum(p.numel() for p in trainer.model.parameters())
     accuracies = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
     assert accuracies[0] == 0.0 and accuracies[-1] == 1.0  # step 1: policy = reference, no pair ranked yet
