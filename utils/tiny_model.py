@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(f"wrote {out}: try python main_train.py {a.family}_lora --model_name_or_path {out} "
-          f"--train_data_path data/skills/train.jsonl --max_len 128 --max_steps 10 --output_dir output/tiny-{a.family}")
+          f"--train_data_path data/skills/train.jsonl --max_len 128 --max_steps 20 --output_dir output/tiny-{a.family}")
 
 
 if __name__ == "__main__":
