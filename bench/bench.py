@@ -229,7 +229,7 @@ def run_ours(name: str, a) -> dict:
 
 def watch_captures(trainer, meter) -> list[dict]:
     """Per CUDA-graph capture, through the trainer's capture hook: when (micro-batch index), its length, its time
-    and the allocated-memory peak it reached (GB). A capture inside the timed window is in the row's tokens/s."""
+    and the allocated-memory peak it reached. A capture inside the timed window is in the row's tokens/s."""
     import torch
     log = []
 

@@ -1,11 +1,11 @@
 """DPO LoRA on a random Qwen2.5-0.5B-shaped model: trl's DPOTrainer and our two preference paths on the same pairs.
 
-Device command (one H100, about 4 minutes; from the repository root; carry .whl and .device_assets, which hold the
+Device command (one GPU; from the repository root; carry .whl and .device_assets, which hold the
 wheels of bench/gpu_bench.sh and the Qwen2.5 tokenizer + dpo_en_demo.jsonl under .device_assets/assets):
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:$PWD DOJO_SHARED_ASSETS=$PWD/.device_assets/assets HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
       TOKENIZERS_PARALLELISM=false python3 bench/dpo_bench.py --out $OUT/dpo_bench.json --deadline_s 230
-CPU plumbing check (a tiny model; a few minutes on 2 cores, most of it trl's CPU log-prob head over 152k words):
+CPU plumbing check (a tiny model; most of its time is trl's CPU log-prob head over the 152k-word vocabulary):
     python bench/dpo_bench.py --model tiny --steps 4 --warmup 1 --batch 2 --max_len 128 --deadline_s 900 \
       --out /tmp/dpo_cpu/dpo_bench.json
 

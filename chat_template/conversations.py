@@ -103,14 +103,19 @@ def _records(path: Path):
         raise DataError(f"{path}: unsupported data file type (use {', '.join(DATA_SUFFIXES)})")
 
 
-def detect_format(record, where: str) -> str:
+RECORD_SHAPES = (("messages", "messages"), ("sharegpt", "conversations"), ("alpaca", "instruction"))
+
+
+def detect_format(record, where: str, shapes=RECORD_SHAPES, kind: str = "record",
+                  expected: str = "'instruction'+'output' (alpaca), 'messages' (OpenAI) or 'conversations' "
+                                  "(ShareGPT)") -> str:
+    """The record's shape: the first (name, key) of `shapes` whose key it has."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-    for fmt, key in (("messages", "messages"), ("sharegpt", "conversations"), ("alpaca", "instruction")):
+    for fmt, key in shapes:
         if key in record:
             return fmt
-    raise DataError(f"{where}: unknown record shape with keys {sorted(record)}; expected 'instruction'+'output' "
-                    "(alpaca), 'messages' (OpenAI) or 'conversations' (ShareGPT)")
+    raise DataError(f"{where}: unknown {kind} shape with keys {sorted(record)}; expected {expected}")
 
 
 def _text(record: dict, key: str, where: str, field: str, required=True, allow_empty=False) -> str | None:

@@ -24,6 +24,7 @@ from utils.data import show_sample, split_eval
 IGNORE = chat_template.IGNORE_INDEX
 PAIR_SHAPES = "'conversations'+'chosen'+'rejected' (ShareGPT), 'prompt'+'chosen'+'rejected' (trl) or " \
               "'instruction'+'chosen'+'rejected' (alpaca)"
+PAIR_KEYS = (("sharegpt", "conversations"), ("trl", "prompt"), ("alpaca", "instruction"))
 
 
 @dataclass
@@ -37,12 +38,7 @@ class Example:
 
 
 def detect_pair_format(record, where: str) -> str:
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-    for fmt, key in (("sharegpt", "conversations"), ("trl", "prompt"), ("alpaca", "instruction")):
-        if key in record:
-            return fmt
-    raise DataError(f"{where}: unknown preference record shape with keys {sorted(record)}; expected {PAIR_SHAPES}")
+    return detect_format(record, where, PAIR_KEYS, "preference record", PAIR_SHAPES)
 
 
 def _answer(value, where: str, field: str, fmt: str) -> dict:
