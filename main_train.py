@@ -38,8 +38,9 @@ def score(model, tokenizer, template_name, conversations, args, when: str):
     return accuracy, results
 
 
-def main(argv=None):
-    """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained."""
+def main(argv=None, instrument=None):
+    """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained.
+    instrument: a function given the Trainer before training (bench/user_run_memory.py attaches its hooks)."""
     args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
     plan = plan_run(args)
     if plan.finished:
@@ -87,6 +88,8 @@ def main(argv=None):
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, step_plan,
                             callbacks=[RunIdentity(plan.run_id)])
     add_progress(trainer)
+    if instrument is not None:
+        instrument(trainer)
     reset_measured_peak()
     started = time.perf_counter()
     train(trainer, plan, log)

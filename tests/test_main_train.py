@@ -118,6 +118,21 @@ def test_generation_config_stops_on_every_template_stop_token(tiny_model, toy_da
     assert record["template"]["mask"].startswith("generation markers")
 
 
+def test_instrument_sees_the_trainer_and_every_micro_batch_before_training(tiny_model, toy_data, tmp_path):
+    """main(argv, instrument=f) hands f the Trainer before train(): a bench attaches hooks without replacing code."""
+    seen = {"steps_at_instrument": None, "micro_batches": 0}
+
+    def instrument(trainer):
+        seen["steps_at_instrument"] = trainer.state.global_step
+        trainer.micro_batch_hooks.append(lambda inputs, loss: seen.__setitem__("micro_batches",
+                                                                              seen["micro_batches"] + 1))
+
+    trainer = main_train.main(train_argv(tiny_model("qwen"), toy_data, tmp_path / "out", "--max_steps", "3",
+                                         "--gradient_accumulation_steps", "2"), instrument=instrument)
+    assert seen == {"steps_at_instrument": 0, "micro_batches": 6}
+    assert trainer.state.global_step == 3
+
+
 def test_generate_stops_at_end_of_turn(tiny_model, toy_data, tmp_path):
     """A model that learned one answer ends its turn with <|im_end|> and generate stops there."""
     out = tmp_path / "out"
