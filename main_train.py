@@ -16,7 +16,7 @@ from utils.model import apply_peft, build_model, compile_layers, count_parameter
 from utils.step_plan import build_plan, model_config
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, rank0, refuse_foreign, train
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
-from utils.score import exact_match, write_score
+from utils.score import finish_score, score_held_out
 from utils.train_log import add_progress, run_summary
 from utils.tokenizer import build_tokenizer
 from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer
@@ -25,17 +25,6 @@ from utils.trainer import CheckpointSaveError, NonFiniteLossError, build_trainer
 def log(message: str) -> None:
     if rank0():
         print(f"[dojo] {message}", flush=True)
-
-
-def score(model, tokenizer, template_name, conversations, args, when: str):
-    """(exact-match accuracy, [(prompt, reference, answer)]) on held-out prompts (rank 0 only; None when there is
-    nothing to score)."""
-    if not conversations or not rank0():
-        return None
-    accuracy, results = exact_match(model, tokenizer, conversations, template_name, args.score_max_new_tokens)
-    examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
-    log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
-    return accuracy, results
 
 
 def main(argv=None, instrument=None):
@@ -82,8 +71,8 @@ def main(argv=None, instrument=None):
     log(f"model: {args.train_mode}{' + DoRA' if args.use_dora else ''}, trainable {trainable:,} of {total:,} "
         f"parameters ({100 * trainable / total:.2f}%)")
     snapshot = trainable_snapshot(model)
-    score_before = score(model, tokenizer, template_name, score_set if args.score_before else None, args,
-                         "before training")
+    score_before = score_held_out(model, tokenizer, template_name, score_set if args.score_before else None, args,
+                                  "before training", log)
 
     trainer = build_trainer(model, args, tokenizer, train_set, eval_set, step_plan,
                             callbacks=[RunIdentity(plan.run_id)])
@@ -100,10 +89,7 @@ def main(argv=None, instrument=None):
                                         for h in trainer.state.log_history):
         trainer.evaluate()
 
-    score_after = score(trainer.model, tokenizer, template_name, score_set, args, "after training")
-    if score_before is not None and score_after is not None:
-        log(f"held-out exact match: {score_before[0]:.1%} before -> {score_after[0]:.1%} after training "
-            f"({len(score_set)} prompts)")
+    score_after = score_held_out(trainer.model, tokenizer, template_name, score_set, args, "after training", log)
 
     save_outputs(trainer, tokenizer, args, template_name)
     if trainer.is_world_process_zero():
@@ -111,8 +97,7 @@ def main(argv=None, instrument=None):
             log(f"no loss curve: no loss was logged ({trainer.state.global_step} steps, logging_steps "
                 f"{args.logging_steps})")
         (Path(args.output_dir) / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-        if score_after is not None:
-            write_score(Path(args.output_dir) / "score.json", score_before, score_after)
+        finish_score(args.output_dir, score_before, score_after, log)
         log(verify_outputs(args, snapshot))
         log(run_summary(trainer, train_seconds, args.output_dir))
         log(f"done: {args.output_dir}. Chat with it: python inference.py --model_name_or_path "

@@ -84,7 +84,7 @@ def build_row(a):
     from utils.tokenizer import build_tokenizer
     args = our_args(a, padding_free=a.row == "ours_fast")
     tokenizer, template, _ = build_tokenizer(args)
-    train_set, _ = build_preference_datasets(args, tokenizer, template, log=lambda message: None)
+    train_set = build_preference_datasets(args, tokenizer, template, log=lambda message: None)[0]
     if a.row != "trl":
         model = apply_peft(build_model(args, vocab_size=len(tokenizer)), args)
         return build_preference_trainer(model, None, args, tokenizer, train_set, None)

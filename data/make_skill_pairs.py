@@ -13,19 +13,24 @@ import random
 from pathlib import Path
 
 try:  # the same words as the SFT data
-    from data.make_skills import WORDS, write_splits  # imported from the repository root (the tests)
+    from data.make_skills import SKILLS, WORDS, write_splits  # imported from the repository root (the tests)
 except ImportError:
-    from make_skills import WORDS, write_splits  # run as a script: this folder is first on sys.path
+    from make_skills import SKILLS, WORDS, write_splits  # run as a script: this folder is first on sys.path
 
 
-def pair(words: list[str], rng: random.Random) -> dict:
-    """trl's string shape; rejected: what a model that knows only repeat/reverse/last plausibly answers."""
-    guess = rng.choice(("last", "repeat"))
-    rejected = words[-1] if guess == "last" else " ".join(words)
-    return {"prompt": "first: " + " ".join(words), "chosen": words[0], "rejected": rejected}
+def pair(words: list[str], rng: random.Random, keep_share: float) -> dict:
+    """trl's string shape: an instruction over `words`, its answer chosen and another instruction's answer rejected.
+    The instruction is "first:" except with probability keep_share, where it is one of the SFT skills: those pairs
+    keep what the model knows while it learns "first:" (without them it answers every instruction with a first
+    word)."""
+    ask = rng.choice(SKILLS) if rng.random() < keep_share else "first"
+    answers = {name: " ".join(answer) for name, answer in
+               (("first", words[:1]), ("last", words[-1:]), ("repeat", words), ("reverse", words[::-1]))}
+    wrong = [answer for name, answer in answers.items() if name != ask]
+    return {"prompt": f"{ask}: " + " ".join(words), "chosen": answers[ask], "rejected": rng.choice(wrong)}
 
 
-def make_pair_splits(n_train: int, n_eval: int, seed: int = 0, max_words: int = 4):
+def make_pair_splits(n_train: int, n_eval: int, seed: int = 0, max_words: int = 4, keep_share: float = 0.5):
     """(train pairs, eval pairs); every word list occurs once, so no eval prompt is trained on."""
     rng = random.Random(seed)
     seen, rows = set(), []
@@ -33,7 +38,7 @@ def make_pair_splits(n_train: int, n_eval: int, seed: int = 0, max_words: int = 
         words = rng.sample(WORDS, rng.randint(2, max_words))
         if tuple(words) not in seen:  # a repeat draws no rejected answer, so the data stays as published
             seen.add(tuple(words))
-            rows.append(pair(words, rng))
+            rows.append(pair(words, rng, keep_share))
     return rows[:n_train], rows[n_train:]
 
 
@@ -42,9 +47,11 @@ def main():
     parser.add_argument("--n_train", type=int, default=1000)
     parser.add_argument("--n_eval", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep_share", type=float, default=0.5,
+                        help='share of pairs on the SFT skills, which keep them (0: only "first:")')
     parser.add_argument("--out", default=str(Path(__file__).parent / "skill_pairs"))
     args = parser.parse_args()
-    train, evals = make_pair_splits(args.n_train, args.n_eval, args.seed)
+    train, evals = make_pair_splits(args.n_train, args.n_eval, args.seed, keep_share=args.keep_share)
     out = Path(args.out)
     write_splits(out, train, evals)
     print(f"wrote {len(train)} train and {len(evals)} eval pairs to {out}")

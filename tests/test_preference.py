@@ -5,6 +5,7 @@ forwards through the head: policy and reference, chosen and rejected); the real 
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -92,6 +93,34 @@ def test_pref_loss_picks_trl_dpo_loss(loss, first_loss, tiny_model, tmp_path):
                                         "--stage", "dpo", "--pref_loss", loss, "--max_steps", "1"))
     assert trainer.loss_types == [loss]
     assert trainer.state.log_history[0]["loss"] == pytest.approx(first_loss, abs=1e-4)
+
+
+def test_pref_ftx_adds_the_chosen_answers_nll_to_the_dpo_loss(tiny_model, tmp_path):
+    """At the first step DPO's sigmoid loss is ln 2 (policy = reference); the rest is pref_ftx x the chosen answers'
+    NLL, so doubling pref_ftx doubles it."""
+    data, first = write_jsonl(tmp_path / "d.jsonl", PAIRS), {}
+    for ftx in ("1", "2"):
+        trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / ftx, "--stage", "dpo",
+                                            "--pref_ftx", ftx, "--max_steps", "1"))
+        assert trainer.loss_types == ["sigmoid", "sft"] and trainer.loss_weights == [1.0, float(ftx)]
+        first[ftx] = trainer.state.log_history[0]["loss"] - math.log(2)
+    assert first["1"] > 1.0  # a random model's NLL: several nats per token
+    assert first["2"] == pytest.approx(2 * first["1"], rel=1e-4)
+
+
+def test_a_preference_run_scores_the_chosen_answers_and_the_sft_skills_it_keeps(tiny_model, tmp_path, capsys):
+    """score_data_path in a preference run: a file of pairs is scored against each chosen answer, a file of SFT
+    records against its last assistant turn; before and after training, into score.json as for SFT."""
+    pairs = write_jsonl(tmp_path / "d.jsonl", PAIRS)
+    sft = write_jsonl(tmp_path / "sft.jsonl", [{"instruction": "Say hi.", "output": "Hi."}])
+    out = tmp_path / "out"
+    main_train.main(pref_argv(tiny_model("phi3"), pairs, out, "--stage", "dpo", "--max_steps", "2",
+                              "--score_data_path", str(pairs), str(sft), "--score_samples", "5"))
+    score = json.loads((out / "score.json").read_text())
+    assert [a["reference"] for a in score["answers"]] == [p["chosen"] for p in PAIRS] + ["Hi."]
+    assert [a["prompt"] for a in score["answers"]] == [p["prompt"] for p in PAIRS] + ["Say hi."]
+    assert score["before"] is not None and score["after"] is not None
+    assert "held-out exact match:" in capsys.readouterr().out
 
 
 def test_dpo_on_lora_holds_no_second_model_copy(tiny_model, tmp_path):

@@ -214,6 +214,11 @@ class TrainArgs(TrainingArguments):
     simpo_gamma: float = field(default=0.5, metadata=_help("SimPO's target reward margin gamma."))
     cpo_alpha: float | None = field(default=None, metadata=_help(
         "Weight of the SFT (NLL on chosen) term of cpo/simpo. Omitted: 1.0 for cpo, 0 for simpo (the paper's)."))
+    pref_ftx: float = field(default=0.0, metadata=_help(
+        "stage dpo with a reference policy: weight of an SFT term (the chosen answer's mean token NLL) added to the "
+        "preference loss (LLaMA-Factory's pref_ftx; trl's loss_type 'sft'; RPO). DPO alone may lower the chosen "
+        "answer's likelihood too, as long as the rejected one falls faster, until the model stops answering; "
+        "this term holds the chosen answers up. 0: none."))
     kto_desirable_weight: float = field(default=1.0, metadata=_help(
         "KTO: loss weight of the desirable (label true) answers; raise it when they are outnumbered."))
     kto_undesirable_weight: float = field(default=1.0, metadata=_help(
@@ -336,6 +341,9 @@ FIELD_RULES = (
     ("label_smoothing", lambda a: 0.0 <= a.label_smoothing < 0.5, "must be in [0, 0.5)"),
     ("label_smoothing", lambda a: a.pref_loss != "exo_pair" or a.label_smoothing > 0,
      "must be > 0 with pref_loss exo_pair (the EXO paper uses 1e-3)"),
+    ("pref_ftx", lambda a: a.pref_ftx >= 0, "must be >= 0 (0: no SFT term)"),
+    ("pref_ftx", lambda a: a.pref_ftx == 0 or (a.stage == "dpo" and not _reference_free(a)),
+     "is DPO's SFT term (stage dpo with a reference policy); orpo has its own, cpo/simpo take cpo_alpha"),
     ("kto_desirable_weight", lambda a: a.kto_desirable_weight > 0, "must be > 0"),
     ("kto_undesirable_weight", lambda a: a.kto_undesirable_weight > 0, "must be > 0"),
     ("ref_model_path", lambda a: not _reference_free(a) or not (a.ref_model_path or a.precompute_ref_log_probs),

@@ -90,6 +90,16 @@ def split_eval(dataset, eval_ratio: float, seed: int):
     return parts["train"], parts["test"]
 
 
+def build_score_set(args, tokenizer, template_name: str, load, **read) -> list[Conversation] | None:
+    """The first score_samples conversations of score_data_path (load reads them), to answer before and after
+    training; None without score_data_path."""
+    if not args.score_data_path:
+        return None
+    score_set = load(args.score_data_path, **read)[:args.score_samples]
+    check_tool_support(score_set, template_name, tokenizer)
+    return score_set
+
+
 def build_datasets(args, tokenizer, template_name: str, log=print):
     """(train, eval or None, score conversations or None) for a run, with a summary and one marked sample logged."""
     skipped = []
@@ -103,10 +113,7 @@ def build_datasets(args, tokenizer, template_name: str, log=print):
         log(f"eval data: {eval_summary}")
     else:
         train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
-    score_set = None
-    if args.score_data_path:
-        score_set = load_conversations(args.score_data_path, **read)[:args.score_samples]
-        check_tool_support(score_set, template_name, tokenizer)
+    score_set = build_score_set(args, tokenizer, template_name, load_conversations, **read)
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     log("sample 0, supervised tokens in [[ ]]:\n" + show_sample(train_set[0]["input_ids"], train_set[0]["labels"],

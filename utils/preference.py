@@ -31,6 +31,7 @@ from utils.model import (apply_peft, build_model, build_peft_config, build_quant
                          prepare_quantized, resolve_dtype)
 from utils.preference_data import build_preference_datasets
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, rank0, train
+from utils.score import finish_score, score_held_out
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.trainer import StopOnNonFiniteLoss
 
@@ -87,8 +88,10 @@ def trainer_and_config(args):
                                        simpo_gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
                                        cpo_alpha=cpo_alpha)
     if args.stage == "dpo":
-        return DojoDPOTrainer, trl_config(args, DPOConfig, loss_type=[args.pref_loss],
-                                          label_smoothing=args.label_smoothing, **reference)
+        losses = dict(loss_type=[args.pref_loss, "sft"], loss_weights=[1.0, args.pref_ftx]) if args.pref_ftx else \
+            dict(loss_type=[args.pref_loss])
+        return DojoDPOTrainer, trl_config(args, DPOConfig, label_smoothing=args.label_smoothing, **losses,
+                                          **reference)
     if args.stage == "kto":
         return DojoKTOTrainer, trl_config(args, KTOConfig, desirable_weight=args.kto_desirable_weight,
                                           undesirable_weight=args.kto_undesirable_weight,
@@ -256,7 +259,7 @@ def apply_adapter(model, args):
 
 def run(args, tokenizer, template_name: str, plan, log):
     """One preference run (stage dpo, kto or rm); returns the trainer, or None for a dry run."""
-    train_set, eval_set = build_preference_datasets(args, tokenizer, template_name, log)
+    train_set, eval_set, score_set = build_preference_datasets(args, tokenizer, template_name, log)
     if eval_set is not None and args.eval_strategy == "no":
         args.eval_strategy, args.eval_steps = "steps", args.eval_steps or args.save_steps
     if args.dry_run:
@@ -281,6 +284,10 @@ def run(args, tokenizer, template_name: str, plan, log):
     snapshot = trainable_snapshot(model)
     scored = eval_set is not None and args.stage != "kto" and rank0()  # KTO answers are unpaired: nothing to rank
     before = preference_accuracy(model, eval_set, tokenizer, reward_model) if scored else None
+    if reward_model:
+        score_set = None  # a reward model scores answers; it does not write them
+    score_before = score_held_out(model, tokenizer, template_name, score_set if args.score_before else None, args,
+                                  "before training", log)
 
     trainer = build_preference_trainer(model, reference, args, tokenizer, train_set, eval_set,
                                        callbacks=[RunIdentity(plan.run_id)])
@@ -292,6 +299,7 @@ def run(args, tokenizer, template_name: str, plan, log):
         after = preference_accuracy(trainer.model, eval_set, tokenizer, reward_model)
         log(f"held-out preference accuracy: {before:.1%} before -> {after:.1%} after training ({len(eval_set)} "
             f"pairs; {'reward' if reward_model else 'mean log-prob per answer token'} of chosen > rejected)")
+    score_after = score_held_out(trainer.model, tokenizer, template_name, score_set, args, "after training", log)
 
     save_outputs(trainer, tokenizer, args, template_name)
     if trainer.is_world_process_zero():
@@ -300,6 +308,7 @@ def run(args, tokenizer, template_name: str, plan, log):
         if not reward_model:
             plot_preference_metrics(trainer.state.log_history, out / "preference_metrics.png")
         (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        finish_score(out, score_before, score_after, log)
         log(verify_outputs(args, snapshot))
         log(f"done: {args.output_dir}")
         mark_finished(args.output_dir, plan, trainer.state.global_step)  # last: a run stopped before this resumes

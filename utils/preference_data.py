@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import chat_template
-from chat_template.conversations import (MESSAGE_ROLES, SHAREGPT_ROLES, DataError, _check_order, _from_alpaca,
-                                        _from_turns, _text, detect_format, read_records, to_messages)
-from utils.data import show_sample, split_eval
+from chat_template.conversations import (MESSAGE_ROLES, SHAREGPT_ROLES, Conversation, DataError, _check_order,
+                                        _from_alpaca, _from_turns, _records, _text, data_files, detect_format,
+                                        load_conversations, read_records, to_messages)
+from utils.data import build_score_set, show_sample, split_eval
 
 IGNORE = chat_template.IGNORE_INDEX
 PAIR_SHAPES = "'conversations'+'chosen'+'rejected' (ShareGPT), 'prompt'+'chosen'+'rejected' (trl) or " \
@@ -114,6 +115,23 @@ def load_examples(paths, paired: bool, invalid_records: str = "error", skipped: 
     return read_records(paths, convert, invalid_records, skipped)
 
 
+def load_score_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
+    """Held-out prompts for exact match (score_data_path) in a preference run: a file of pairs gives each prompt with
+    its chosen answer as the reference (does the model now give the preferred answer?); a file of SFT records gives
+    each conversation's last assistant turn (does it keep what SFT taught?)."""
+    def as_conversation(record, where, fmt):
+        fmt = fmt or detect_pair_format(record, where)
+        pair = to_pair(record, where, fmt)
+        return Conversation(pair.prompt + [pair.chosen], where), fmt
+
+    conversations = []
+    for path in data_files([paths] if isinstance(paths, str) else paths):
+        first = next((record for _, record in _records(path) if isinstance(record, dict)), {})
+        conversations += (read_records([path], as_conversation, invalid_records, skipped) if "chosen" in first
+                          else load_conversations([path], invalid_records, skipped))
+    return conversations
+
+
 def encode_answer(prompt, answer, tokenizer, template_name: str, special_text: str) -> tuple[list, list]:
     """(prompt ids, answer ids) of prompt + answer rendered whole. The answer ids are the supervised span: the answer
     and its end of turn, without what the template writes after it (Qwen's newline), which carries no loss."""
@@ -192,7 +210,8 @@ def encode_examples(examples: list[Example], tokenizer, template_name: str, max_
 
 
 def build_preference_datasets(args, tokenizer, template_name: str, log=print):
-    """(train, eval or None) for a preference run, with a summary and one marked pair logged."""
+    """(train, eval or None, score conversations or None) for a preference run, with a summary and one marked pair
+    logged."""
     paired, skipped = args.stage != "kto", []
     read = dict(paired=paired, invalid_records=args.invalid_records, skipped=skipped)
     encode = dict(tokenizer=tokenizer, template_name=template_name, max_len=args.max_len,
@@ -204,6 +223,8 @@ def build_preference_datasets(args, tokenizer, template_name: str, log=print):
         log(f"eval data: {eval_summary}")
     else:
         train_set, eval_set = split_eval(train_set, args.eval_ratio, args.seed)
+    score_set = build_score_set(args, tokenizer, template_name, load_score_conversations,
+                                invalid_records=args.invalid_records, skipped=skipped)
     if skipped:
         log(f"skipped {len(skipped)} invalid records (invalid_records=skip), e.g.:\n  " + "\n  ".join(skipped[:3]))
     first = train_set[0]
@@ -213,4 +234,4 @@ def build_preference_datasets(args, tokenizer, template_name: str, log=print):
         labels = [IGNORE] * len(first["prompt_ids"]) + first[f"{side}_ids"]
         log(f"sample 0, {name}, supervised tokens in [[ ]]:\n"
             + show_sample(first["prompt_ids"] + first[f"{side}_ids"], labels, tokenizer))
-    return train_set, eval_set
+    return train_set, eval_set, score_set

@@ -17,6 +17,7 @@ import torch
 
 import chat_template
 from utils.attention import NAME as VARLEN
+from utils.run_folder import rank0
 
 GENERATION_ATTENTION = "sdpa"  # varlen attends within packed training rows; generation feeds left-padded batches
 BUDGET_MARGIN = 4  # tokens beyond the longest reference: another tokenization of the same text, and the stop
@@ -79,3 +80,24 @@ def write_score(path: Path, before, after) -> None:
     record = {"before": before[0] if before else None, "after": after[0],
               "answers": [{"prompt": p, "reference": r, "answer": a} for p, r, a in after[1]]}
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def score_held_out(model, tokenizer, template_name: str, conversations, args, when: str, log):
+    """exact_match of the held-out conversations, logged with three examples: (accuracy, results); None when there
+    is nothing to score or on ranks other than 0."""
+    if not conversations or not rank0():
+        return None
+    accuracy, results = exact_match(model, tokenizer, conversations, template_name, args.score_max_new_tokens)
+    examples = "\n".join(f"  {p!r} -> {a!r} (expected {r!r})" for p, r, a in results[:3])
+    log(f"exact match {when}: {accuracy:.1%} of {len(results)} held-out prompts, e.g.\n{examples}")
+    return accuracy, results
+
+
+def finish_score(output_dir, before, after, log) -> None:
+    """Logs the change (when scored before and after) and writes score.json (when scored after)."""
+    if after is None:
+        return
+    if before is not None:
+        log(f"held-out exact match: {before[0]:.1%} before -> {after[0]:.1%} after training ({len(after[1])} "
+            "prompts)")
+    write_score(Path(output_dir) / "score.json", before, after)

@@ -163,6 +163,9 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
     (dict(stage="kto", padding_free=True), "padding_free and chunked_loss serve stage sft and stage dpo"),
     (dict(stage="dpo", pref_loss="simpo", padding_free=True), "serve stage sft and stage dpo with a DPO loss"),
     (dict(stage="dpo", padding_free=True, micro_batch_max_tokens=512), "are SFT fast paths"),
+    (dict(stage="dpo", pref_ftx=-0.5), "pref_ftx: must be >= 0"),
+    (dict(stage="dpo", pref_loss="orpo", pref_ftx=0.5), "pref_ftx: is DPO's SFT term"),
+    (dict(stage="sft", pref_ftx=0.5), "pref_ftx: is DPO's SFT term"),
 ])
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):

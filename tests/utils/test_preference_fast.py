@@ -40,11 +40,13 @@ def lora_policy(model_dir, seed: int = 0):
 
 
 def trainer_pair(model_dir, tmp_path, loss: str, pairs: list[dict]):
-    """trl's DPOTrainer (padded batches) and ours (packed rows), each on its own copy of the same LoRA policy."""
+    """trl's DPOTrainer (padded batches) and ours (packed rows), each on its own copy of the same LoRA policy.
+    loss: a trl loss_type, or "LOSS+sft" for it plus half an SFT term (pref_ftx 0.5)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = datasets.Dataset.from_list(pairs)
+    losses = dict(loss_type=loss.split("+"), loss_weights=[1.0, 0.5]) if "+" in loss else dict(loss_type=[loss])
     config = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), report_to="none",
-                       loss_type=[loss], beta=0.5, max_length=None, gradient_checkpointing=False, use_cpu=True)
+                       beta=0.5, max_length=None, gradient_checkpointing=False, use_cpu=True, **losses)
     trl = DojoDPOTrainer(model=lora_policy(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
     ours = FastDPOTrainer(model=lora_policy(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer,
                           data_collator=PackedPreferenceCollator(tokenizer.pad_token_id))
@@ -79,7 +81,7 @@ def test_packed_row_gives_trl_the_per_token_log_probs_of_its_padded_batch(tiny_m
     assert (policy.log_probs - reference.log_probs).abs().max() > 1e-3  # the adapter matters: a real test of both
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "bco_pair"])
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "bco_pair", "sigmoid+sft"])
 def test_fast_dpo_loss_metrics_and_gradients_equal_trl(loss, tiny_model, tmp_path):
     pairs = random_pairs(4, seed=1)
     trl, ours = trainer_pair(tiny_model("qwen"), tmp_path, loss, pairs)
