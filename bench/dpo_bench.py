@@ -18,6 +18,8 @@ process (a fresh CUDA allocator and peak):
               the reference = the adapter off), given the tokenized pairs (its _prepare_dataset skipped, nothing else)
   ours_plain  utils/preference.py's build_preference_trainer (stage dpo), as main_train.py runs it
   ours_fast   the same with padding_free true (utils/preference_fast.py) and, on CUDA, attn_implementation varlen
+  ours_compiled  ours_fast with compile_layers true (each decoder layer through torch.compile; the first steps
+              compile, so --warmup must cover them)
 (trl 1.16's own padding_free is switched off inside trl, "temporarily unavailable": no row.)
 Reported per row: tokens/s over the timed steps (after --warmup; non-pad prompt + answer tokens of chosen and
 rejected, trl's num_tokens count), peak allocated GPU GB over the whole run, the loss of every step. The losses must
@@ -38,7 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = Path(os.environ.get("DOJO_SHARED_ASSETS", REPO.parent / "shared" / "assets"))
-ROWS = ("trl", "ours_plain", "ours_fast")
+ROWS = ("trl", "ours_plain", "ours_fast", "ours_compiled")
 # Qwen2.5-0.5B's dims (as ../shared/bench/peer_bench.py's "0.5b"); tiny: the plumbing on a CPU
 DIMS = {"0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                      intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0,
@@ -61,7 +63,7 @@ def make_model(name: str, folder: Path) -> Path:
     return folder
 
 
-def our_args(a, padding_free: bool):
+def our_args(a, padding_free: bool, compiled: bool = False):
     import torch
     from utils.config import parse_args
     cuda = torch.cuda.is_available()
@@ -71,22 +73,22 @@ def our_args(a, padding_free: bool):
                  lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_steps=10**6, report_to="none",
                  lora_rank=16, lora_alpha=32, lora_dropout=0.0, beta=0.1, seed=42, disable_tqdm="true",
                  torch_dtype="bfloat16" if cuda else "float32", bf16=str(cuda).lower(), dataloader_num_workers=0,
-                 padding_free=str(padding_free).lower(),
+                 padding_free=str(padding_free).lower(), compile_layers=str(compiled).lower(),
                  attn_implementation="varlen" if padding_free and cuda else "sdpa")
     return parse_args(["qwen_dpo", *[x for k, v in flags.items() for x in (f"--{k}", str(v))]])
 
 
 def build_row(a):
     """The row's trainer, on the tokenized pairs of utils/preference_data.py."""
-    from utils.model import apply_peft, build_model
+    from utils.model import apply_peft, build_model, compile_layers
     from utils.preference import DojoDPOTrainer, build_preference_trainer
     from utils.preference_data import build_preference_datasets
     from utils.tokenizer import build_tokenizer
-    args = our_args(a, padding_free=a.row == "ours_fast")
+    args = our_args(a, padding_free=a.row in ("ours_fast", "ours_compiled"), compiled=a.row == "ours_compiled")
     tokenizer, template, _ = build_tokenizer(args)
     train_set = build_preference_datasets(args, tokenizer, template, log=lambda message: None)[0]
     if a.row != "trl":
-        model = apply_peft(build_model(args, vocab_size=len(tokenizer)), args)
+        model = compile_layers(apply_peft(build_model(args, vocab_size=len(tokenizer)), args), args)
         return build_preference_trainer(model, None, args, tokenizer, train_set, None)
     import torch
     from peft import LoraConfig

@@ -4,6 +4,7 @@ The method runs use Phi-3's tokenizer: its 32k vocabulary keeps the log-prob hea
 forwards through the head: policy and reference, chosen and rejected); the real pairs run on Qwen's 152k."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -121,6 +122,21 @@ def test_a_preference_run_scores_the_chosen_answers_and_the_sft_skills_it_keeps(
     assert [a["prompt"] for a in score["answers"]] == [p["prompt"] for p in PAIRS] + ["Say hi."]
     assert score["before"] is not None and score["after"] is not None
     assert "held-out exact match:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fast", [[], ["--padding_free", "true"]], ids=["padded", "packed"])
+def test_dpo_with_compiled_layers_trains_like_eager(fast, tiny_model, tmp_path):
+    """compile_layers serves preference runs too (it was silently ignored there): the policy and the reference (the
+    adapter off) through the compiled layers give the eager run's losses."""
+    data, losses = write_jsonl(tmp_path / "d.jsonl", PAIRS), {}
+    for compiled in ("false", "true"):
+        trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / compiled, "--stage", "dpo",
+                                            "--max_steps", "3", "--compile_layers", compiled, *fast))
+        losses[compiled] = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
+        layer = trainer.model.base_model.model.model.layers[0]
+        assert isinstance(layer.forward, functools.partial) == (compiled == "true")
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-5)
+    assert len(set(losses["false"])) > 1  # it trained
 
 
 def test_dpo_on_lora_holds_no_second_model_copy(tiny_model, tmp_path):

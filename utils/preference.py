@@ -27,8 +27,8 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from chat_template import IGNORE_INDEX
 from utils.attention import NAME as VARLEN
 from train_args.base import REFERENCE_FREE_LOSSES
-from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, count_parameters,
-                         prepare_quantized, resolve_dtype)
+from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, compile_layers,
+                         count_parameters, prepare_quantized, resolve_dtype)
 from utils.preference_data import build_preference_datasets
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, rank0, train
 from utils.score import finish_score, score_held_out
@@ -270,7 +270,7 @@ def run(args, tokenizer, template_name: str, plan, log):
 
     vocab_size, reward_model = len(tokenizer), args.stage == "rm"
     model = build_reward_model(args, vocab_size) if reward_model else build_model(args, vocab_size=vocab_size)
-    model = apply_adapter(model, args)
+    model = compile_layers(apply_adapter(model, args), args)
     reference = build_reference(args, model, vocab_size)
     trainable, total = count_parameters(model)
     log(f"model: {args.stage} ({args.pref_loss if args.stage == 'dpo' else args.stage}) {args.train_mode}, trainable "
