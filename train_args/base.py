@@ -341,6 +341,8 @@ FIELD_RULES = (
     ("label_smoothing", lambda a: 0.0 <= a.label_smoothing < 0.5, "must be in [0, 0.5)"),
     ("label_smoothing", lambda a: a.pref_loss != "exo_pair" or a.label_smoothing > 0,
      "must be > 0 with pref_loss exo_pair (the EXO paper uses 1e-3)"),
+    ("score_data_path", lambda a: a.stage != "rm" or not a.score_data_path or a.score_samples == 0,
+     "a reward model writes no answers to score (stage rm): drop it or set score_samples 0"),
     ("pref_ftx", lambda a: a.pref_ftx >= 0, "must be >= 0 (0: no SFT term)"),
     ("pref_ftx", lambda a: a.pref_ftx == 0 or (a.stage == "dpo" and not _reference_free(a)),
      "is DPO's SFT term (stage dpo with a reference policy); orpo has its own, cpo/simpo take cpo_alpha"),

@@ -284,8 +284,6 @@ def run(args, tokenizer, template_name: str, plan, log):
     snapshot = trainable_snapshot(model)
     scored = eval_set is not None and args.stage != "kto" and rank0()  # KTO answers are unpaired: nothing to rank
     before = preference_accuracy(model, eval_set, tokenizer, reward_model) if scored else None
-    if reward_model:
-        score_set = None  # a reward model scores answers; it does not write them
     score_before = score_held_out(model, tokenizer, template_name, score_set if args.score_before else None, args,
                                   "before training", log)
 

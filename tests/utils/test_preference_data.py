@@ -166,6 +166,7 @@ def test_rlhf_type_is_an_alias_of_stage_and_pref_loss(given, stage, loss, tmp_pa
     (dict(stage="dpo", pref_ftx=-0.5), "pref_ftx: must be >= 0"),
     (dict(stage="dpo", pref_loss="orpo", pref_ftx=0.5), "pref_ftx: is DPO's SFT term"),
     (dict(stage="sft", pref_ftx=0.5), "pref_ftx: is DPO's SFT term"),
+    (dict(stage="rm", score_data_path=["held_out.jsonl"]), "score_data_path: a reward model writes no answers"),
 ])
 def test_inconsistent_preference_fields_are_refused(given, message, tmp_path):
     with pytest.raises(ValueError, match=re.escape(message)):
