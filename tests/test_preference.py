@@ -47,7 +47,7 @@ def all_parameters(trainer) -> int:
 
 
 # DPO in every mode; each other method in one mode, the modes spread over them (the CPU time budget)
-RUNS = [("dpo", "lora"), ("dpo", "qlora"), ("dpo", "full"), ("orpo", "lora"), ("simpo", "qlora"),
+RUNS = [("dpo", "lora"), ("dpo", "qlora"), ("dpo", "dora"), ("dpo", "full"), ("orpo", "lora"), ("simpo", "qlora"),
         ("kto", "lora"), ("kto", "full"), ("rm", "lora"), ("rm", "full")]
 
 
