@@ -84,8 +84,8 @@ def test_short_run_moves_the_held_out_score(mode, steps, lr, smollm2, skill, tmp
 
 def test_dpo_with_its_sft_term_teaches_a_held_out_instruction(smollm2, tmp_path):
     """DPO on data/make_skill_pairs.py's pairs (LoRA, the adapter off as reference, pref_ftx 1): SmolLM2 gives none
-    of 20 held-out pairs' chosen answers before, nearly all after 16 steps of 16 pairs (about 2.5 minutes on 2 idle
-    cores; 16 steps of 8 gave 70%), and ranks its training pairs right (trl's reward accuracy)."""
+    of 20 held-out pairs' chosen answers before, nearly all after 16 steps of 16 pairs (16 steps of 8 gave 70%), and
+    ranks its training pairs right (trl's reward accuracy)."""
     train, held_out = make_pair_splits(320, 20, seed=1, max_words=3)
     pairs, held_out = write_jsonl(tmp_path / "pairs.jsonl", train), write_jsonl(tmp_path / "held_out.jsonl", held_out)
     score = run(smollm2, (pairs, held_out), tmp_path / "out", "lora", 16, 2e-3, "--stage", "dpo", "--pref_ftx", "1.0",
