@@ -274,9 +274,10 @@ def to_messages(record, where: str, fmt: str | None = None) -> list[dict]:
     return messages
 
 
-def data_files(paths: list[str]) -> list[Path]:
+def data_files(paths) -> list[Path]:
+    """The data files named by a path or a list of paths (a folder: its data files, sorted)."""
     files = []
-    for p in map(Path, paths):
+    for p in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix in DATA_SUFFIXES)
             if not found:
@@ -299,7 +300,7 @@ def read_records(paths, convert, invalid_records: str = "error", skipped: list |
     if invalid_records not in ("error", "skip"):
         raise ValueError(f"invalid_records must be 'error' or 'skip', got {invalid_records!r}")
     items = []
-    for path in data_files([paths] if isinstance(paths, (str, Path)) else paths):
+    for path in data_files(paths):
         fmt = None
         for where, record in _records(path):
             try:

@@ -15,7 +15,6 @@ dropped and counted, as is one that max_len leaves without an answer token on ei
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import chat_template
 from chat_template.conversations import (MESSAGE_ROLES, SHAREGPT_ROLES, Conversation, DataError, _check_order,
@@ -126,7 +125,7 @@ def load_score_conversations(paths, invalid_records: str = "error", skipped: lis
         return Conversation(pair.prompt + [pair.chosen], where), fmt
 
     conversations = []
-    for path in data_files([paths] if isinstance(paths, (str, Path)) else paths):
+    for path in data_files(paths):
         first = next((record for _, record in _records(path) if isinstance(record, dict)), {})
         conversations += (read_records([path], as_conversation, invalid_records, skipped) if "chosen" in first
                           else load_conversations([path], invalid_records, skipped))
