@@ -55,6 +55,8 @@ OURS.update({
     # predicted and measured peak are in its results)
     "dojo_lora_graphs_cap3584": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3584),
     "dojo_lora_graphs_cap3072": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3072),
+    "dojo_lora_graphs_cap2560": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2560),
+    "dojo_lora_graphs_cap2048": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048),
     "dojo_lora7b_graphs_cap3072": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=3072),
     "dojo_lora7b_graphs_cap2560": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=2560),
     "dojo_lora_graphs_eager": dict(GRAPHS),
