@@ -70,6 +70,8 @@ OURS.update({
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),
+    # one sample per step: the long-context rows (--len_median 16384 / 32768 --len_sigma 0) against the same at 2,048
+    "dojo_lora7b_graphs_b1": dict(GRAPHS, compile_layers=True, model="7b", batch=1),
     "dojo_qlora7b_graphs": dict(GRAPHS, model="7b", train_mode="qlora", batch=4),
 })
 DEFAULT_OURS = "dojo_lora_graphs,dojo_dora_graphs_factored,dojo_full_graphs"
@@ -155,6 +157,19 @@ def row_fields(name: str, a, dev: str) -> tuple[dict, str, int, int]:
     return fields, model_key, batch, accumulate
 
 
+def synthetic_rows(pb, a, n: int) -> list[dict]:
+    """peer_bench's synthetic SFT rows in the length distribution the bench was given (the peers draw the same,
+    through the --len-median ... flags that run_peer_rows passes on)."""
+    rows, _ = pb.make_rows(n, a.seed, median=a.len_median, sigma=a.len_sigma, min_len=a.min_len, max_len=a.max_len)
+    return rows
+
+
+def length_flags(a) -> list[str]:
+    """The length distribution as peer_bench's worker flags."""
+    return ["--len-median", str(a.len_median), "--len-sigma", str(a.len_sigma), "--min-len", str(a.min_len),
+            "--max-len", str(a.max_len)]
+
+
 def run_ours(name: str, a) -> dict:
     import torch
 
@@ -169,7 +184,7 @@ def run_ours(name: str, a) -> dict:
     warmup, steps = (a.warmup_7b, a.steps_7b) if model_key == "7b" else (a.warmup, a.steps)
     dims = pb.MODEL_DIMS[model_key]
     total = warmup + steps
-    rows, _ = pb.make_rows((total + a.profile_steps + 4) * batch, a.seed)  # peer_bench's count: the same rows
+    rows = synthetic_rows(pb, a, (total + a.profile_steps + 4) * batch)  # peer_bench's count: the same rows
     tok = pb.build_tokenizer()
     args = TrainArgs(**fields)
     from transformers import set_seed
@@ -221,6 +236,7 @@ def run_ours(name: str, a) -> dict:
                max_batch_tokens=fed, predicted_peak_gb=round(predicted["total"], 3),
                predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=OURS[name],
                plan=trainer.plan.to_dict())
+    res["dataset"] = dict(len_median=a.len_median, len_sigma=a.len_sigma, min_len=a.min_len, max_len=a.max_len)
     if a.profile_steps:
         res.update(timer.profile_summary())
         if timer.prof is not None:
@@ -296,7 +312,7 @@ def run_peer_rows(a, out: Path, started: float) -> tuple[list[dict], float | Non
         subprocess.run([sys.executable, a.peer_bench, "--out", str(folder), "--configs", ",".join(configs),
                         "--steps", str(a.steps), "--warmup", str(a.warmup), "--steps-7b", str(a.steps_7b),
                         "--warmup-7b", str(a.warmup_7b), "--profile-steps", str(a.profile_steps),
-                        "--deadline-s", str(max(left, 60)), "--seed", str(a.seed),
+                        "--deadline-s", str(max(left, 60)), "--seed", str(a.seed), *length_flags(a),
                         *(["--model-override", dims, "--tag", "_" + dims] if dims else []),
                         *([] if i == 0 else ["--no-matmul"])], check=False)
         found = json.loads((folder / "peer_results.json").read_text())["results"]
@@ -326,6 +342,12 @@ def main():
                         "the allocator's history during a capture fails with a SystemError on torch 2.11)")
     p.add_argument("--deadline_s", type=float, default=560, help="wall budget; the peers get what is left")
     p.add_argument("--seed", type=int, default=1234, help="data and init seed, passed to peer_bench too")
+    # the synthetic rows' lengths (peer_bench's log-normal, clipped), the same for the peers and our rows; a long-
+    # context row: --len_median 32768 --len_sigma 0 --max_len 32768 (every sample that long)
+    p.add_argument("--len_median", type=float, default=300.0, help="median sample length in tokens")
+    p.add_argument("--len_sigma", type=float, default=0.8, help="log-normal sigma of the lengths (0: all equal)")
+    p.add_argument("--min_len", type=int, default=32)
+    p.add_argument("--max_len", type=int, default=2048)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
     out = Path(a.out)

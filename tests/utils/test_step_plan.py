@@ -150,7 +150,7 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_lora7b_graphs_cap3072", "dojo_lora7b_graphs_cap2560", "dojo_lora_graphs_eager",
                                  "dojo_lora_graphs_nockpt", "dojo_lora_graphs_every2", "dojo_dora_graphs",
                                  "dojo_dora_graphs_factored", "dojo_dora_graphs_nockpt", "dojo_full_graphs",
-                                 "dojo_lora7b_graphs", "dojo_qlora7b_graphs")},
+                                 "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs")},
 }
 
 
@@ -174,3 +174,23 @@ def test_each_bench_row_resolves_to_the_plan_it_names(monkeypatch, tmp_path):
         assert plan.max_tokens == fields.get("micro_batch_max_tokens", 0)
         derived = {d.field for d in plan.derived}
         assert ("accelerator_config" in derived) == (expected == GRAPHS and name != "dojo_lora_graphs_blocking")
+
+
+def test_bench_rows_and_peers_draw_the_length_distribution_given(monkeypatch):
+    """--len_median/--len_sigma/--max_len reach our rows' samples and the peers' worker flags alike (a long-context
+    row is every sample at one length)."""
+    peer_bench = REPO.parent / "shared" / "bench" / "peer_bench.py"
+    if not peer_bench.is_file():
+        pytest.skip(f"{peer_bench} is absent (../shared beside the checkout)")
+    bench = _bench(monkeypatch)
+    pb = bench.load_peer_bench(str(peer_bench))
+    given = SimpleNamespace(seed=0, len_median=1500.0, len_sigma=0.0, min_len=32, max_len=4096)
+    rows = bench.synthetic_rows(pb, given, 6)
+    assert [len(r["input_ids"]) for r in rows] == [1500] * 6
+    assert all(r["labels"][:600] == [-100] * 600 and r["labels"][600] != -100 for r in rows)
+    wide = bench.synthetic_rows(pb, SimpleNamespace(**{**vars(given), "len_median": 800.0, "len_sigma": 0.8}), 400)
+    lengths = sorted(len(r["input_ids"]) for r in wide)
+    assert 700 <= lengths[200] <= 900 and lengths[-1] <= 4096 and lengths[0] >= 32
+    flags = bench.length_flags(given)
+    assert flags == ["--len-median", "1500.0", "--len-sigma", "0.0", "--min-len", "32", "--max-len", "4096"]
+
