@@ -235,8 +235,8 @@ def run_ours(name: str, a) -> dict:
                graphs=len(trainer._graphed.graphs) if trainer._graphed else None,
                max_batch_tokens=fed, predicted_peak_gb=round(predicted["total"], 3),
                predicted_parts={k: round(v, 3) for k, v in predicted.items()}, fields=OURS[name],
-               plan=trainer.plan.to_dict())
-    res["dataset"] = dict(len_median=a.len_median, len_sigma=a.len_sigma, min_len=a.min_len, max_len=a.max_len)
+               plan=trainer.plan.to_dict(),
+               dataset=dict(len_median=a.len_median, len_sigma=a.len_sigma, min_len=a.min_len, max_len=a.max_len))
     if a.profile_steps:
         res.update(timer.profile_summary())
         if timer.prof is not None:

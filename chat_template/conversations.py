@@ -318,10 +318,14 @@ def read_records(paths, convert, invalid_records: str = "error", skipped: list |
     return items
 
 
+def to_conversation(record, where: str, fmt: str | None) -> tuple[Conversation, str]:
+    """One record as a Conversation, and its shape (fmt: the file's shape so far; None: detect it): read_records'
+    converter for SFT records."""
+    fmt = fmt or detect_format(record, where)
+    return Conversation(to_messages(record, where, fmt), where, _tools(record, where)), fmt
+
+
 def load_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
     """Every record of every file, validated and converted to messages (read_records says what invalid_records
     does)."""
-    def convert(record, where, fmt):
-        fmt = fmt or detect_format(record, where)
-        return Conversation(to_messages(record, where, fmt), where, _tools(record, where)), fmt
-    return read_records(paths, convert, invalid_records, skipped)
+    return read_records(paths, to_conversation, invalid_records, skipped)

@@ -71,6 +71,13 @@ def trl_config(args, config_cls, **values):
     return config_cls(**{**common, **values})
 
 
+def dpo_loss_fields(pref_loss: str, pref_ftx: float) -> dict:
+    """DPOConfig's loss fields: the preference loss, plus trl's "sft" term weighted pref_ftx when it is set."""
+    if not pref_ftx:
+        return dict(loss_type=[pref_loss])
+    return dict(loss_type=[pref_loss, "sft"], loss_weights=[1.0, pref_ftx])
+
+
 def trainer_and_config(args):
     """The trl trainer class for the run's stage and loss, and its config. max_length None: rows come cut to
     max_len by utils/preference_data.py."""
@@ -88,10 +95,8 @@ def trainer_and_config(args):
                                        simpo_gamma=args.simpo_gamma, label_smoothing=args.label_smoothing,
                                        cpo_alpha=cpo_alpha)
     if args.stage == "dpo":
-        losses = dict(loss_type=[args.pref_loss, "sft"], loss_weights=[1.0, args.pref_ftx]) if args.pref_ftx else \
-            dict(loss_type=[args.pref_loss])
-        return DojoDPOTrainer, trl_config(args, DPOConfig, label_smoothing=args.label_smoothing, **losses,
-                                          **reference)
+        return DojoDPOTrainer, trl_config(args, DPOConfig, label_smoothing=args.label_smoothing,
+                                          **dpo_loss_fields(args.pref_loss, args.pref_ftx), **reference)
     if args.stage == "kto":
         return DojoKTOTrainer, trl_config(args, KTOConfig, desirable_weight=args.kto_desirable_weight,
                                           undesirable_weight=args.kto_undesirable_weight,

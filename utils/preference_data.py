@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import chat_template
 from chat_template.conversations import (MESSAGE_ROLES, SHAREGPT_ROLES, Conversation, DataError, _check_order,
-                                        _from_alpaca, _from_turns, _records, _text, data_files, detect_format,
-                                        load_conversations, read_records, to_messages)
+                                        _from_alpaca, _from_turns, _text, detect_format, read_records,
+                                        to_conversation, to_messages)
 from utils.data import build_score_set, show_sample, split_eval
 
 IGNORE = chat_template.IGNORE_INDEX
@@ -118,18 +118,18 @@ def load_examples(paths, paired: bool, invalid_records: str = "error", skipped: 
 def load_score_conversations(paths, invalid_records: str = "error", skipped: list | None = None) -> list[Conversation]:
     """Held-out prompts for exact match (score_data_path) in a preference run: a file of pairs gives each prompt with
     its chosen answer as the reference (does the model now give the preferred answer?); a file of SFT records gives
-    each conversation's last assistant turn (does it keep what SFT taught?)."""
+    each conversation's last assistant turn (does it keep what SFT taught?). A file's first valid record decides
+    which it holds ('chosen' marks a pair), in one pass over the file."""
     def as_conversation(record, where, fmt):
-        fmt = fmt or detect_pair_format(record, where)
-        pair = to_pair(record, where, fmt)
-        return Conversation(pair.prompt + [pair.chosen], where), fmt
+        kind, shape = fmt or ("pair" if isinstance(record, dict) and "chosen" in record else "sft", None)
+        if kind == "sft":
+            conversation, shape = to_conversation(record, where, shape)
+            return conversation, (kind, shape)
+        shape = shape or detect_pair_format(record, where)
+        pair = to_pair(record, where, shape)
+        return Conversation(pair.prompt + [pair.chosen], where), (kind, shape)
 
-    conversations = []
-    for path in data_files(paths):
-        first = next((record for _, record in _records(path) if isinstance(record, dict)), {})
-        conversations += (read_records([path], as_conversation, invalid_records, skipped) if "chosen" in first
-                          else load_conversations([path], invalid_records, skipped))
-    return conversations
+    return read_records(paths, as_conversation, invalid_records, skipped)
 
 
 def encode_answer(prompt, answer, tokenizer, template_name: str, special_text: str) -> tuple[list, list]:

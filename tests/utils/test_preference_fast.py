@@ -17,7 +17,7 @@ import main_train
 from tests.conftest import write_jsonl
 from tests.test_preference import PAIRS, all_parameters, pref_argv
 from utils.config import parse_args
-from utils.preference import DojoDPOTrainer
+from utils.preference import DojoDPOTrainer, dpo_loss_fields
 from utils.preference_fast import FastDPOTrainer, PackedPreferenceCollator
 
 NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")
@@ -39,14 +39,14 @@ def lora_policy(model_dir, seed: int = 0):
     return get_peft_model(model, config)
 
 
-def trainer_pair(model_dir, tmp_path, loss: str, pairs: list[dict]):
+def trainer_pair(model_dir, tmp_path, loss: str, pairs: list[dict], pref_ftx: float = 0.0):
     """trl's DPOTrainer (padded batches) and ours (packed rows), each on its own copy of the same LoRA policy.
-    loss: a trl loss_type, or "LOSS+sft" for it plus half an SFT term (pref_ftx 0.5)."""
+    loss: a trl loss_type; pref_ftx: the weight of trl's SFT term added to it (0: none), as a run sets them."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     dataset = datasets.Dataset.from_list(pairs)
-    losses = dict(loss_type=loss.split("+"), loss_weights=[1.0, 0.5]) if "+" in loss else dict(loss_type=[loss])
     config = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(pairs), report_to="none",
-                       beta=0.5, max_length=None, gradient_checkpointing=False, use_cpu=True, **losses)
+                       beta=0.5, max_length=None, gradient_checkpointing=False, use_cpu=True,
+                       **dpo_loss_fields(loss, pref_ftx))
     trl = DojoDPOTrainer(model=lora_policy(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer)
     ours = FastDPOTrainer(model=lora_policy(model_dir), args=config, train_dataset=dataset, processing_class=tokenizer,
                           data_collator=PackedPreferenceCollator(tokenizer.pad_token_id))
@@ -81,10 +81,10 @@ def test_packed_row_gives_trl_the_per_token_log_probs_of_its_padded_batch(tiny_m
     assert (policy.log_probs - reference.log_probs).abs().max() > 1e-3  # the adapter matters: a real test of both
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "bco_pair", "sigmoid+sft"])
-def test_fast_dpo_loss_metrics_and_gradients_equal_trl(loss, tiny_model, tmp_path):
+@pytest.mark.parametrize("loss, pref_ftx", [("sigmoid", 0.0), ("ipo", 0.0), ("bco_pair", 0.0), ("sigmoid", 0.5)])
+def test_fast_dpo_loss_metrics_and_gradients_equal_trl(loss, pref_ftx, tiny_model, tmp_path):
     pairs = random_pairs(4, seed=1)
-    trl, ours = trainer_pair(tiny_model("qwen"), tmp_path, loss, pairs)
+    trl, ours = trainer_pair(tiny_model("qwen"), tmp_path, loss, pairs, pref_ftx)
     results = []
     for trainer in (trl, ours):
         trainer.model.train()

@@ -191,6 +191,10 @@ def test_bench_rows_and_peers_draw_the_length_distribution_given(monkeypatch):
     wide = bench.synthetic_rows(pb, SimpleNamespace(**{**vars(given), "len_median": 800.0, "len_sigma": 0.8}), 400)
     lengths = sorted(len(r["input_ids"]) for r in wide)
     assert 700 <= lengths[200] <= 900 and lengths[-1] <= 4096 and lengths[0] >= 32
-    flags = bench.length_flags(given)
-    assert flags == ["--len-median", "1500.0", "--len-sigma", "0.0", "--min-len", "32", "--max-len", "4096"]
+    # the peers' workers parse the flags bench.py passes them with peer_bench's own parser and draw the same rows
+    monkeypatch.setattr("sys.argv", ["peer_bench.py", *bench.length_flags(given)])
+    worker = pb.parse()
+    peer_rows, _ = pb.make_rows(6, given.seed, median=worker.len_median, sigma=worker.len_sigma,
+                                min_len=worker.min_len, max_len=worker.max_len, prompt_frac=worker.prompt_frac)
+    assert peer_rows == rows
 
