@@ -7,7 +7,10 @@ once and replays them with a single launch. A graph fixes every shape and addres
     each padded length gets its own graph, captured the first time it is seen (a warm-up run, then the capture);
   - inputs are copied into the graph's own buffers; the gradients live in fixed buffers that every graph
     accumulates into (autograd adds to an existing .grad in place), so gradient accumulation works unchanged;
-  - all graphs share one memory pool: they never run at the same time, so their temporaries can overlap.
+  - all graphs share one memory pool: they never run at the same time, so their temporaries can overlap. The
+    eager warm-up of a new length allocates from that pool too, on the stream the captures use: otherwise it grows a
+    cache of its own beside the pool, and the allocator reserves the pool plus the warm-up's peak, about twice the
+    activations (bench/README.md, reserved against allocated memory).
 Everything inside must stay on the GPU (no .item(), no host-side branching on values): varlen attention and the
 chunked loss are written that way; transformers' own mask code skips its host checks while a capture runs.
 
@@ -16,6 +19,7 @@ The optimizer step, clipping and logging stay eager (they are a few fused launch
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +49,7 @@ class GraphedStep:
         self.grads = [torch.zeros_like(p) for p in params]
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream()  # one warm-up stream for every capture (each new stream gets its own
+        self.side = torch.cuda.Stream()  # one stream for every warm-up and capture (each new stream gets its own
         # cuBLAS workspace, and cached blocks of one stream are not reused on another)
 
     @staticmethod
@@ -58,6 +62,24 @@ class GraphedStep:
         for p, g in zip(self.params, self.grads):
             p.grad = g
 
+    @contextmanager
+    def _allocating_in_pool(self):
+        """Every allocation on the device (autograd's backward thread included) comes from the graphs' pool while
+        open. Only once a graph holds the pool: torch.cuda.graph creates it at the first capture, and the first
+        warm-up's cache is emptied when that capture begins. torch's private allocator calls, as
+        torch.cuda.graph's own capture makes them (begin / end / release balance the pool's use count)."""
+        begin = getattr(torch._C, "_cuda_beginAllocateToPool", None)
+        if not self.graphs or begin is None:
+            yield
+            return
+        device = torch.cuda.current_device()
+        begin(device, self.pool)
+        try:
+            yield
+        finally:
+            torch._C._cuda_endAllocateToPool(device, self.pool)
+            torch._C._cuda_releasePool(device, self.pool)
+
     def capture(self, inputs: dict, num_items: torch.Tensor, first_micro_batch: bool) -> _Graph:
         static = {k: v.clone() if torch.is_tensor(v) else v for k, v in inputs.items()}
         items = num_items.clone()
@@ -65,12 +87,12 @@ class GraphedStep:
         accumulated = None if first_micro_batch else [g.clone() for g in self.grads]
         self._bind_grads(zero=False)
         self.side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.side):
+        with torch.cuda.stream(self.side), self._allocating_in_pool():
             for _ in range(WARMUP_RUNS if self.graphs else FIRST_WARMUP_RUNS):
                 self.loss_fn(static, items).backward()
         torch.cuda.current_stream().wait_stream(self.side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=self.side):
             loss = self.loss_fn(static, items)
             loss.backward()
         if accumulated is None:

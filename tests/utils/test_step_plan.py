@@ -198,3 +198,45 @@ def test_bench_rows_and_peers_draw_the_length_distribution_given(monkeypatch):
                                 min_len=worker.min_len, max_len=worker.max_len, prompt_frac=worker.prompt_frac)
     assert peer_rows == rows
 
+
+
+def test_unsloth_full_and_qlora_peers_hand_unsloth_their_switches(monkeypatch, tmp_path):
+    """bench/peers.py's unsloth rows run peer_bench's own worker with from_pretrained given full_finetuning or
+    load_in_4bit (full: no adapters). unsloth needs a GPU, so a stand-in module records what the worker asks of it."""
+    peer_bench = REPO.parent / "shared" / "bench" / "peer_bench.py"
+    if not peer_bench.is_file():
+        pytest.skip(f"{peer_bench} is absent (../shared beside the checkout)")
+    monkeypatch.setenv("PEER_BENCH", str(peer_bench))
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("bench_peers", REPO / "bench" / "peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    seen = []
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            seen.append(("load", kwargs))
+            return "model", None
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            seen.append(("adapters", kwargs))
+            return model
+
+    monkeypatch.setitem(__import__("sys").modules, "unsloth", SimpleNamespace(FastLanguageModel=FastLanguageModel))
+
+    def worker(name, a):  # peer_bench's worker, down to its unsloth calls
+        model, _ = FastLanguageModel.from_pretrained(model_name="dir", load_in_4bit=False, full_finetuning=False)
+        return FastLanguageModel.get_peft_model(model, r=16)
+
+    run = peers.unsloth_worker(worker)
+    for name in ("unsloth_full", "unsloth_qlora", "unsloth_lora"):
+        seen.clear()
+        assert run(name, None) == "model"
+        load = seen[0][1]
+        assert (load["full_finetuning"], load["load_in_4bit"]) == {
+            "unsloth_full": (True, False), "unsloth_qlora": (False, True), "unsloth_lora": (False, False)}[name]
+        assert [what for what, _ in seen] == (["load"] if name == "unsloth_full" else ["load", "adapters"])
+    assert peers.peer_bench.CONFIGS["unsloth_full"]["method"] == "full"  # peer_bench's FLOPs formula for it
+    assert peers.peer_bench.CONFIGS["unsloth_qlora"]["model"] == "7b"
