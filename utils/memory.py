@@ -8,8 +8,8 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     gradients    one per trainable parameter, in its dtype
     activations  with checkpointing: every layer's input; without: every layer's saved tensors; with
                  transformers' every_n_layers N: the input of layers 0, N, 2N, ..., the saved tensors of the
-                 others. Plus the attention mask for packed or padded rows. (QLoRA: the residual stream is
-                 fp32, since peft's prepare_model_for_kbit_training keeps norms and embeddings in fp32.)
+                 others. Plus the attention mask for packed or padded rows. (QLoRA on an fp16 / fp32 base: the
+                 residual stream is fp32, as utils/model.py's prepare_quantized keeps embeddings and norms in fp32.)
     loss_or_layer  the larger of two moments. At the loss: the full-vocabulary logits (bf16 logits, their fp32
                  copy, fp32 log-softmax and its gradient: LOGIT_BYTES per logit), liger's fused linear +
                  cross-entropy buffers, or chunked_loss's hidden-state gradient and one chunk of logits
@@ -84,10 +84,11 @@ def every_n_layers(args) -> int:
     return int((getattr(args, "activation_checkpointing_kwargs", None) or {}).get("every_n_layers", 1))
 
 
-def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
+def parameter_bytes(model, quantized_4bit: bool, upcast: bool) -> tuple[int, int, int]:
     """(frozen bytes, trainable bytes, trainable count) of a meta model. Under QLoRA the decoder's linear weights
-    are NF4: half a byte per weight plus one byte per 64-weight block (double-quantized absmax constants), and
-    peft's prepare_model_for_kbit_training keeps every other frozen tensor (embeddings, head, norms) in fp32."""
+    are NF4: half a byte per weight plus one byte per 64-weight block (double-quantized absmax constants); every
+    other frozen tensor (embeddings, head, norms) keeps its dtype, or is fp32 where upcast (utils/model.py's
+    qlora_upcasts_frozen_weights)."""
     frozen = trainable_bytes = trainable_count = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -96,7 +97,7 @@ def parameter_bytes(model, quantized_4bit: bool) -> tuple[int, int, int]:
         elif quantized_4bit and p.dim() == 2 and "lm_head" not in name and "embed" not in name:
             frozen += p.numel() // 2 + math.ceil(p.numel() / 64)
         else:
-            frozen += p.numel() * (4 if quantized_4bit else p.element_size())
+            frozen += p.numel() * (4 if quantized_4bit and upcast else p.element_size())
     return frozen, trainable_bytes, trainable_count
 
 
@@ -111,12 +112,14 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     optimizer states, all gradients, and the layer being recomputed and differentiated."""
     config = model.config
     plan = plan or resolve(args)
-    frozen, trainable_bytes, trainable_count = parameter_bytes(model, args.train_mode == "qlora")
+    from utils.model import qlora_upcasts_frozen_weights
+    upcast = qlora_upcasts_frozen_weights(args)  # QLoRA: fp32 embeddings, head and norms, so an fp32 residual
+    frozen, trainable_bytes, trainable_count = parameter_bytes(model, args.train_mode == "qlora", upcast)
     optim = str(getattr(args.optim, "value", args.optim))
     optimizer = 2 * (trainable_count * EIGHT_BIT_OPTIMIZERS[optim] if optim in EIGHT_BIT_OPTIMIZERS
                      else trainable_bytes)
     layers, hidden = config.num_hidden_layers, config.hidden_size
-    residual = 4 if args.train_mode == "qlora" else 2  # QLoRA: fp32 norms and embeddings, so an fp32 residual
+    residual = 4 if upcast else 2
     compiled = bool(getattr(args, "compile_layers", False))
     one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual, compiled=compiled)
     dora_kept = dora_backward = 0
@@ -133,11 +136,11 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     kept = checkpointed * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
     head = model.get_output_embeddings().weight
     if plan.loss_backend == "chunked":  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
-        # a trained head's fp32 gradient and its cast to the head's dtype, QLoRA's fp32 head cast for the matmul
+        # a trained head's fp32 gradient and its cast to the head's dtype, an upcast QLoRA head's cast for the matmul
         chunk = min(tokens, chunk_tokens(config.vocab_size, head.element_size()))
         loss = tokens * hidden * head.element_size() + 2 * chunk * config.vocab_size * head.element_size() \
             + (head.numel() * (4 + head.element_size()) if head.requires_grad else 0) \
-            + (head.numel() * 2 if args.train_mode == "qlora" else 0)
+            + (head.numel() * 2 if upcast else 0)
     elif plan.loss_backend == "liger_fused":  # fused linear + CE: fp32 input grad, an fp32 head-sized buffer,
         # and the fp32 head gradient when the head is trained
         loss = tokens * hidden * 4 + head.numel() * 4 * (2 if head.requires_grad else 1)

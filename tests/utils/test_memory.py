@@ -53,7 +53,15 @@ def test_full_finetuning_pays_for_gradients_and_two_adam_moments():
 
 def test_qlora_stores_decoder_weights_in_four_bits():
     lora, qlora = _estimate(vocab=512), _estimate(vocab=512, train_mode="qlora")
-    assert qlora["weights"] < 0.5 * lora["weights"]  # 4.5 of 16 bits per decoder weight; fp32 embeddings, adapters
+    assert qlora["weights"] < 0.5 * lora["weights"]  # 4.5 of 16 bits per decoder weight; embeddings, adapters
+
+
+def test_qlora_counts_embeddings_and_residual_in_fp32_only_on_an_fp16_base():
+    """prepare_quantized casts the frozen unquantized weights to fp32 on an fp16 base, not on a bf16 one."""
+    bf16, fp16 = _estimate(train_mode="qlora"), _estimate(train_mode="qlora", torch_dtype="float16")
+    embeddings = 32000 * 256 / 1e9  # tied: one matrix
+    assert fp16["weights"] - bf16["weights"] == pytest.approx(2 * embeddings, rel=0.02)  # 4 bytes, not 2 (+ norms)
+    assert fp16["activations"] > bf16["activations"]  # the residual stream the layers keep: fp32 against bf16
 
 
 def test_checkpointing_keeps_only_layer_inputs():
