@@ -97,7 +97,7 @@ def parameter_bytes(model, quantized_4bit: bool, upcast: bool) -> tuple[int, int
         elif quantized_4bit and p.dim() == 2 and "lm_head" not in name and "embed" not in name:
             frozen += p.numel() // 2 + math.ceil(p.numel() / 64)
         else:
-            frozen += p.numel() * (4 if quantized_4bit and upcast else p.element_size())
+            frozen += p.numel() * (4 if upcast else p.element_size())
     return frozen, trainable_bytes, trainable_count
 
 

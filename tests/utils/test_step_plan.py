@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,12 +177,18 @@ def test_each_bench_row_resolves_to_the_plan_it_names(monkeypatch, tmp_path):
         assert ("accelerator_config" in derived) == (expected == GRAPHS and name != "dojo_lora_graphs_blocking")
 
 
+def _peer_bench_file() -> Path:
+    """../shared/bench/peer_bench.py beside the checkout; the test skips without it."""
+    path = REPO.parent / "shared" / "bench" / "peer_bench.py"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (../shared beside the checkout)")
+    return path
+
+
 def test_bench_rows_and_peers_draw_the_length_distribution_given(monkeypatch):
     """--len_median/--len_sigma/--max_len reach our rows' samples and the peers' worker flags alike (a long-context
     row is every sample at one length)."""
-    peer_bench = REPO.parent / "shared" / "bench" / "peer_bench.py"
-    if not peer_bench.is_file():
-        pytest.skip(f"{peer_bench} is absent (../shared beside the checkout)")
+    peer_bench = _peer_bench_file()
     bench = _bench(monkeypatch)
     pb = bench.load_peer_bench(str(peer_bench))
     given = SimpleNamespace(seed=0, len_median=1500.0, len_sigma=0.0, min_len=32, max_len=4096)
@@ -199,13 +206,10 @@ def test_bench_rows_and_peers_draw_the_length_distribution_given(monkeypatch):
     assert peer_rows == rows
 
 
-
 def test_unsloth_full_and_qlora_peers_hand_unsloth_their_switches(monkeypatch, tmp_path):
     """bench/peers.py's unsloth rows run peer_bench's own worker with from_pretrained given full_finetuning or
     load_in_4bit (full: no adapters). unsloth needs a GPU, so a stand-in module records what the worker asks of it."""
-    peer_bench = REPO.parent / "shared" / "bench" / "peer_bench.py"
-    if not peer_bench.is_file():
-        pytest.skip(f"{peer_bench} is absent (../shared beside the checkout)")
+    peer_bench = _peer_bench_file()
     monkeypatch.setenv("PEER_BENCH", str(peer_bench))
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("bench_peers", REPO / "bench" / "peers.py")
@@ -224,7 +228,7 @@ def test_unsloth_full_and_qlora_peers_hand_unsloth_their_switches(monkeypatch, t
             seen.append(("adapters", kwargs))
             return model
 
-    monkeypatch.setitem(__import__("sys").modules, "unsloth", SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    monkeypatch.setitem(sys.modules, "unsloth", SimpleNamespace(FastLanguageModel=FastLanguageModel))
 
     def worker(name, a):  # peer_bench's worker, down to its unsloth calls
         model, _ = FastLanguageModel.from_pretrained(model_name="dir", load_in_4bit=False, full_finetuning=False)
