@@ -70,6 +70,10 @@ OURS.update({
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),
+    # memory_budget_gb picks the checkpointing (fewest recomputed layers whose whole micro-batch fits), as a user's
+    # run does: at 1.5B, 40 GB holds every activation; at 7B, 70 GB checkpoints one layer in 3 (--dry_run)
+    "dojo_lora_graphs_budget40": dict(GRAPHS, compile_layers=True, memory_budget_gb=40),
+    "dojo_lora7b_graphs_budget70": dict(GRAPHS, compile_layers=True, model="7b", memory_budget_gb=70),
     # one sample per step: the long-context rows (--len_median 16384 / 32768 --len_sigma 0) against the same at 2,048
     "dojo_lora7b_graphs_b1": dict(GRAPHS, compile_layers=True, model="7b", batch=1),
     "dojo_qlora7b_graphs": dict(GRAPHS, model="7b", train_mode="qlora", batch=4),

@@ -149,8 +149,11 @@ class TrainArgs(TrainingArguments):
         "many tokens (whole samples; a longer sample is a piece alone), forward + backward each, gradients summed: "
         "the same step, with peak memory bounded by tokens instead of by the samples' lengths. 0: off."))
     memory_budget_gb: float = field(default=0.0, metadata=_help(
-        "With padding_free: pick micro_batch_max_tokens (replacing any given) so that the predicted peak GPU "
-        "memory (the --dry_run estimate) fits this many GB; the cap is logged and saved in step_plan.json. Leave "
+        "With padding_free: fit the predicted peak GPU memory (the --dry_run estimate) in this many GB. First the "
+        "checkpointing: the fewest recomputed layers whose whole micro-batch fits (none, then every n-th layer "
+        "checkpointed; kept as given when activation_checkpointing is off or every_n_layers is set). Only when "
+        "every layer checkpointed does not fit: micro_batch_max_tokens (replacing any given). The choice is "
+        "logged and saved in step_plan.json. Leave "
         "headroom: the prediction is not exact (bench/README.md compares it with measured peaks), and CUDA "
         "graphs reserve more than they allocate. Compare with the measured peak logged after "
         "training. 0: off."))

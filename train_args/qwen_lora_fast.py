@@ -4,7 +4,8 @@ forward + backward replayed as a CUDA graph, and fused AdamW. The same losses an
 tests); the first steps compile the layer and capture one graph per padded row length (a one-time cost).
 
 Run: python main_train.py qwen_lora_fast --model_name_or_path /path/to/local/model --train_data_path data/my.jsonl
-     add --memory_budget_gb 18 to cap each forward's tokens so that the predicted peak fits 18 GB
+     add --memory_budget_gb 18 to fit the predicted peak in 18 GB: fewer recomputed layers where memory allows,
+     or a cap on each forward's tokens where it does not
 """
 from dataclasses import dataclass
 

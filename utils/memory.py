@@ -30,7 +30,7 @@ import math
 import torch
 
 from utils.loss import chunk_tokens
-from utils.step_plan import resolve
+from utils.step_plan import ArgsView, checkpointing_as_run, checkpointing_fields, resolve
 
 GB = 1e9
 LOGIT_BYTES = 12          # bf16 logits (2) + fp32 upcast (4) + fp32 log-softmax / its gradient (4) + bf16 grad (2)
@@ -111,7 +111,10 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     and the loss's own tensors (gradients exist then only when accumulating). At the end of the backward: weights,
     optimizer states, all gradients, and the layer being recomputed and differentiated."""
     config = model.config
-    plan = plan or resolve(args)
+    if plan is None:
+        plan = resolve(args)
+    else:  # the checkpointing the plan chose (memory_budget_gb) or completed (cuda_graphs' kwargs)
+        args = checkpointing_as_run(args, plan)
     from utils.model import qlora_upcasts_frozen_weights
     upcast = qlora_upcasts_frozen_weights(args)  # QLoRA: fp32 embeddings, head and norms, so an fp32 residual
     frozen, trainable_bytes, trainable_count = parameter_bytes(model, args.train_mode == "qlora", upcast)
@@ -195,14 +198,63 @@ def estimate_for_run(args, lengths: list[int], config=None, vocab_size: int | No
     return format_estimate(parts, tokens, rows, "piece" if plan.max_tokens else "micro-batch")
 
 
+@dataclasses.dataclass(frozen=True)
+class BudgetFit:
+    """memory_budget_gb's choice: the pieces' cap (0: whole micro-batches), the checkpointing fields it set (empty:
+    as given) and the reason, logged with the run's plan."""
+    max_tokens: int
+    fields: dict
+    reason: str
+
+
+def checkpointing_choices(layers: int) -> list[int]:
+    """every_n_layers values, the fewest checkpointed layers first: 0 (none), then each n that checkpoints one
+    layer more (layers 0, n, 2n, ...: ceil(layers / n) of them), down to 1 (every layer)."""
+    found, counts = [0], set()
+    for n in range(layers, 0, -1):
+        if -(-layers // n) not in counts:
+            counts.add(-(-layers // n))
+            found.append(n)
+    return found
+
+
+def budget_chooses_checkpointing(args) -> bool:
+    """The budget picks the checkpointing when the run has the default, every layer checkpointed: a given
+    every_n_layers (1 included) or activation_checkpointing false is kept."""
+    return bool(args.activation_checkpointing) and "every_n_layers" not in (args.activation_checkpointing_kwargs or {})
+
+
+def fit_memory_budget(args, lengths: list[int], config=None, vocab_size: int | None = None,
+                      plan=None) -> BudgetFit:
+    """memory_budget_gb: what a run does to fit the budget. First the fewest checkpointed layers that let the whole
+    micro-batch fit (none, then one layer in n, down to every layer; budget_chooses_checkpointing): recomputing
+    checkpointed layers costs up to a third of a step, while whole micro-batches keep the step as given. When even
+    every layer checkpointed does not fit, the largest micro_batch_max_tokens that does (fit_micro_batch_max_tokens).
+    args is not changed: utils/step_plan.py's StepPlan holds the choice."""
+    plan, model = plan or resolve(args), meta_model(args, config, vocab_size)
+    if budget_chooses_checkpointing(args):
+        bucket = plan.bucket or 1
+        whole = worst_batch_tokens(lengths, args.per_device_train_batch_size, True, bucket)
+        for every_n in checkpointing_choices(model.config.num_hidden_layers)[:-1]:
+            fields = checkpointing_fields(args, every_n)
+            chosen = ArgsView(args, **fields)
+            parts = estimate_peak(model, chosen, *whole, plan=resolve(chosen, plan.model_type, max_tokens=0))
+            if parts["total"] <= args.memory_budget_gb:
+                what = "no activation checkpointing" if every_n == 0 else f"checkpoint every {every_n} layers"
+                return BudgetFit(0, fields, f"memory_budget_gb {args.memory_budget_gb:g}: {what}, whole "
+                                            f"micro-batches (predicted {parts['total']:.2f} GB)")
+    cap, reason = fit_micro_batch_max_tokens(args, lengths, config, vocab_size, plan, model)
+    return BudgetFit(cap, {}, reason)
+
+
 def fit_micro_batch_max_tokens(args, lengths: list[int], config=None, vocab_size: int | None = None,
-                               plan=None) -> tuple[int, str]:
-    """memory_budget_gb: (the largest micro_batch_max_tokens whose predicted peak fits the budget, 0 when the whole
-    micro-batch fits; the reason, to log). Caps are tried from the whole micro-batch down, in steps of the
-    CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap can split. args is not changed:
-    utils/step_plan.py's StepPlan holds the cap."""
+                               plan=None, model=None) -> tuple[int, str]:
+    """(the largest micro_batch_max_tokens whose predicted peak fits memory_budget_gb, 0 when the whole
+    micro-batch fits; the reason, to log), with the checkpointing args give. Caps are tried from the whole
+    micro-batch down, in steps of the CUDA-graph bucket (else FIT_STEP tokens), to the longest sample, which no cap
+    can split."""
     given = f" (replacing the given {args.micro_batch_max_tokens})" if args.micro_batch_max_tokens else ""
-    model = meta_model(args, config, vocab_size)
+    model = model or meta_model(args, config, vocab_size)
     plan = plan or resolve(args)
     bucket = plan.bucket or 1
     step = bucket if bucket > 1 else FIT_STEP

@@ -258,17 +258,42 @@ def build_plan(args, config, lengths: list[int] | None = None, vocab_size: int |
     plan = resolve(args, model_type, eval_data=eval_data)
     if not (args.memory_budget_gb and lengths):
         return plan
-    from utils.memory import fit_micro_batch_max_tokens
-    cap, reason = fit_micro_batch_max_tokens(args, lengths, config, vocab_size, plan=plan)
-    plan = resolve(args, model_type, max_tokens=cap, eval_data=eval_data)
-    problems = switch_problems(_With(args, micro_batch_max_tokens=cap), world)
+    from utils.memory import fit_memory_budget
+    fit = fit_memory_budget(args, lengths, config, vocab_size, plan=plan)
+    chosen = ArgsView(args, **fit.fields)
+    problems = switch_problems(ArgsView(chosen, micro_batch_max_tokens=fit.max_tokens), world)
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(plan, derived=plan.derived + (Derived("micro_batch_max_tokens", cap, reason),))
+    plan = resolve(chosen, model_type, max_tokens=fit.max_tokens, eval_data=eval_data)
+    values = {d.field: d.value for d in plan.derived}  # e.g. cuda_graphs' kwargs, with the chosen every_n_layers
+    budget = tuple(Derived(name, values.get(name, value), fit.reason) for name, value in fit.fields.items())
+    derived = tuple(d for d in plan.derived if d.field not in fit.fields) + budget
+    return dataclasses.replace(plan, derived=derived + (Derived("micro_batch_max_tokens", fit.max_tokens, fit.reason),))
 
 
-class _With:
-    """args as read by a rule, with some fields replaced."""
+CHECKPOINTING_FIELDS = ("activation_checkpointing", "activation_checkpointing_kwargs")
+
+
+def checkpointing_as_run(args, plan: StepPlan):
+    """args with the checkpointing the plan derived (memory_budget_gb's choice, cuda_graphs' kwargs): what the
+    layers will do, for estimates made from the given args."""
+    derived = {d.field: d.value for d in plan.derived if d.field in CHECKPOINTING_FIELDS}
+    return ArgsView(args, **derived) if derived else args
+
+
+def checkpointing_fields(args, every_n_layers: int | None) -> dict:
+    """The activation-checkpointing fields that make a run checkpoint every_n_layers' layers (transformers'
+    selective checkpointing: layers 0, n, 2n, ...): {} for None (as given), activation_checkpointing false for 0."""
+    if every_n_layers is None:
+        return {}
+    if every_n_layers == 0:
+        return {"activation_checkpointing": False}
+    return {"activation_checkpointing_kwargs": {**(args.activation_checkpointing_kwargs or {}),
+                                                "every_n_layers": every_n_layers}}
+
+
+class ArgsView:
+    """args as read by a rule or an estimate, with some fields replaced (args itself is not changed)."""
 
     def __init__(self, args, **values):
         self._args, self._values = args, values

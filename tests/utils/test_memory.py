@@ -14,7 +14,8 @@ import main_train
 
 from tests.conftest import TOY_RECORDS, train_argv, write_jsonl
 from train_args.base import TrainArgs
-from utils.memory import estimate_peak, fit_micro_batch_max_tokens, meta_model, worst_batch_tokens
+from utils.memory import (checkpointing_choices, estimate_peak, fit_memory_budget, fit_micro_batch_max_tokens,
+                          meta_model, worst_batch_tokens)
 
 
 def _config(vocab=32000, layers=4):
@@ -221,6 +222,55 @@ def test_memory_budget_below_the_longest_sample_is_refused():
         TrainArgs(output_dir="unused", use_cpu=True, memory_budget_gb=16)
 
 
+def _predicted_whole(every_n):
+    """The whole micro-batch's prediction with every_n_layers n checkpointed (0: none)."""
+    kwargs = {"activation_checkpointing": False} if every_n == 0 else dict(
+        activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": every_n})
+    args = _budget_args(1.0, **kwargs)
+    return estimate_peak(meta_model(args, _config()), args, *worst_batch_tokens(LENGTHS, 8, True))["total"]
+
+
+def test_checkpointing_choices_go_from_none_to_every_layer_one_checkpoint_more_each():
+    assert checkpointing_choices(4) == [0, 4, 3, 1]  # 0, 1 (layer 0), 2 (layers 0 and 3) and 4 of 4 checkpointed
+    counts = [-(-24 // n) for n in checkpointing_choices(24)[1:]]
+    assert counts == sorted(set(counts)) and counts[0] == 1 and counts[-1] == 24
+
+
+def test_memory_budget_with_room_turns_checkpointing_off():
+    """A budget that holds the whole micro-batch with every activation kept: no recompute at all."""
+    fit = fit_memory_budget(_budget_args(_predicted_whole(0) + 0.01), LENGTHS, config=_config())
+    assert fit.max_tokens == 0 and fit.fields == {"activation_checkpointing": False}
+    assert "no activation checkpointing, whole micro-batches" in fit.reason
+
+
+def test_memory_budget_checkpoints_the_fewest_layers_that_fit():
+    """Between two choices the budget takes the one with fewer recomputed layers that still fits: 2 of 4 layers
+    checkpointed (every_n_layers 3: layers 0 and 3) when 1 of 4 does not fit."""
+    assert _predicted_whole(1) < _predicted_whole(3) < _predicted_whole(4) < _predicted_whole(0)
+    budget = (_predicted_whole(3) + _predicted_whole(4)) / 2
+    fit = fit_memory_budget(_budget_args(budget), LENGTHS, config=_config())
+    assert fit.max_tokens == 0
+    assert fit.fields == {"activation_checkpointing_kwargs": {"use_reentrant": False, "every_n_layers": 3}}
+
+
+def test_memory_budget_checkpoints_every_layer_before_it_cuts_pieces():
+    """Only when every layer checkpointed still does not hold the whole micro-batch does the budget cut pieces, and
+    then with the checkpointing as given."""
+    fit = fit_memory_budget(_budget_args(_predicted_whole(1) - 0.01), LENGTHS, config=_config())
+    assert fit.fields == {} and 0 < fit.max_tokens < sum(LENGTHS)
+    fit = fit_memory_budget(_budget_args(_predicted_whole(1) + 0.01), LENGTHS, config=_config())
+    assert fit.fields == {} and fit.max_tokens == 0
+
+
+def test_memory_budget_keeps_the_checkpointing_a_user_gave():
+    """every_n_layers given (1 included) or checkpointing off: the budget only cuts pieces."""
+    budget = _predicted_whole(0) + 0.01
+    for fields in ({"activation_checkpointing_kwargs": {"use_reentrant": False, "every_n_layers": 1}},
+                   {"activation_checkpointing": False}):
+        fit = fit_memory_budget(_budget_args(budget, **fields), LENGTHS, config=_config())
+        assert fit.fields == {} and fit.max_tokens == 0 and "the whole micro-batch fits" in fit.reason
+
+
 def test_padded_batch_is_sized_by_its_longest_sample():
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=False) == (600, 300, 2)
     assert worst_batch_tokens([10, 300, 20, 40], 2, padding_free=True) == (340, 340, 1)
@@ -298,7 +348,12 @@ def test_memory_budget_is_applied_before_the_dry_run_prediction(tiny_model, tmp_
     argv = train_argv(tiny_model("qwen"), data, tmp_path / "o", "--template_name", "qwen", "--dry_run", "true",
                       "--padding_free", "true", "--memory_budget_gb", "80")
     main_train.main(argv)
-    assert "memory_budget_gb 80: the whole micro-batch fits" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "memory_budget_gb 80: no activation checkpointing, whole micro-batches" in out
+    dry_run_line = next(line for line in out.splitlines() if "predicted peak GPU memory" in line)
+    assert "predicted peak GPU memory" in dry_run_line  # the prediction of the plan's choice: no checkpointing
+    main_train.main(argv + ["--activation_checkpointing_kwargs", '{"use_reentrant": false, "every_n_layers": 1}'])
+    assert "memory_budget_gb 80: the whole micro-batch fits" in capsys.readouterr().out  # as given: every layer
     with pytest.raises(ValueError, match=r"memory_budget_gb 0.0001: even a piece of .* does not fit"):
         main_train.main(argv[:-1] + ["0.0001"])
     assert not (tmp_path / "o").exists()

@@ -127,7 +127,8 @@ def test_plan_is_logged_once_and_recorded_in_the_run_folder(tiny_model, toy_data
     main_train.main(argv)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[dojo] plan: ")]
     assert len(lines) == 1 and "collator padding_free" in lines[0] and "loss backend model" in lines[0]
-    assert "micro_batch_max_tokens 0 (memory_budget_gb 80: the whole micro-batch fits" in lines[0]
+    assert "activation_checkpointing False (memory_budget_gb 80: no activation checkpointing" in lines[0]
+    assert "micro_batch_max_tokens 0 (memory_budget_gb 80: no activation checkpointing" in lines[0]
     plan = build_plan(_args(**FAST), _qwen2())
     plan.save(tmp_path)
     saved = json.loads((tmp_path / "step_plan.json").read_text())
@@ -151,7 +152,8 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_lora7b_graphs_cap3072", "dojo_lora7b_graphs_cap2560", "dojo_lora_graphs_eager",
                                  "dojo_lora_graphs_nockpt", "dojo_lora_graphs_every2", "dojo_dora_graphs",
                                  "dojo_dora_graphs_factored", "dojo_dora_graphs_nockpt", "dojo_full_graphs",
-                                 "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs")},
+                                 "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs",
+                                 "dojo_lora_graphs_budget40", "dojo_lora7b_graphs_budget70")},
 }
 
 
@@ -244,3 +246,27 @@ def test_unsloth_full_and_qlora_peers_hand_unsloth_their_switches(monkeypatch, t
         assert [what for what, _ in seen] == (["load"] if name == "unsloth_full" else ["load", "adapters"])
     assert peers.peer_bench.CONFIGS["unsloth_full"]["method"] == "full"  # peer_bench's FLOPs formula for it
     assert peers.peer_bench.CONFIGS["unsloth_qlora"]["model"] == "7b"
+
+
+def test_budget_checkpointing_joins_the_cuda_graph_kwargs_in_one_derived_setting():
+    """memory_budget_gb's every_n_layers and cuda_graphs' preserve_rng_state reach the Trainer as one
+    activation_checkpointing_kwargs, and the estimate reads the same choice from the plan."""
+    from utils.memory import estimate_peak, meta_model, worst_batch_tokens
+    config = transformers.Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    lengths = [300] * 8  # one layer checkpointed (every_n_layers 4) fits, none does not
+
+    def predicted(every_n):
+        args = _args(**FAST, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                     activation_checkpointing_kwargs={"use_reentrant": False, "every_n_layers": every_n})
+        return estimate_peak(meta_model(args, config), args, *worst_batch_tokens(lengths, 8, True, 512))["total"]
+
+    args = _args(**FAST, per_device_train_batch_size=8, gradient_accumulation_steps=1,
+                 memory_budget_gb=predicted(4) + 1e-6)
+    plan = build_plan(args, config, lengths)
+    kwargs = [d.value for d in plan.derived if d.field == "activation_checkpointing_kwargs"]
+    assert kwargs == [{"preserve_rng_state": False, "use_reentrant": False, "every_n_layers": 4}]
+    assert plan.trainer_args(args).activation_checkpointing_kwargs == kwargs[0]
+    assert args.activation_checkpointing_kwargs == {"use_reentrant": False}  # the given field is kept
+    estimated = estimate_peak(meta_model(args, config), args, *worst_batch_tokens(lengths, 8, True, 512), plan=plan)
+    assert estimated["total"] == pytest.approx(predicted(4))
