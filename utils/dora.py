@@ -10,6 +10,10 @@ Expanding the square needs none of that (row i; A is r x in, B is out x r):
 ||W_i||² never changes (the base is frozen) and is computed once; W Aᵀ is one skinny matmul that reads W once;
 A Aᵀ is r x r. So each forward reads W once instead of writing and reading several out x in temporaries.
 
+Once per forward of the decoder, not per layer call: the norm is a constant for autograd and W, A, B cannot change
+inside a forward, so a hook before the decoder stack refreshes every layer's norm into a buffer, which the layers
+read. Under activation checkpointing each layer runs twice (forward and recompute); peft computes the norm in both.
+
 Only the norm changes: the rest of the forward is peft's (same inputs, outputs and dtypes), so saving, merging
 and loading adapters are untouched. tests/utils/test_factored_dora_norm.py checks loss and gradients against
 peft's path.
@@ -33,14 +37,20 @@ def factored_row_norm(weight, weight_sq_norm, lora_a, lora_b, scaling: float) ->
 
 
 class FactoredNormDora(DoraLinearLayer):
-    """peft's DoRA linear layer with the row norm of `factored_row_norm`; ||W||² rows cached in a buffer."""
+    """peft's DoRA linear layer with the row norm of `factored_row_norm`; ||W||² rows cached in a buffer. row_norm:
+    the norm refresh_row_norms wrote before this forward of the decoder (None outside a refreshed decoder stack:
+    computed here)."""
 
     weight_sq_norm: torch.Tensor
+    row_norm: torch.Tensor | None
 
     def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
-        weight = dequantize_module_weight(base_layer).to(x.dtype)
-        with torch.no_grad():  # a constant for autograd, as in peft
-            norm = factored_row_norm(weight, self.weight_sq_norm, lora_A.weight, lora_B.weight, scaling)
+        norm = self.row_norm
+        if norm is None or base_result is None:
+            weight = dequantize_module_weight(base_layer).to(x.dtype)
+        if norm is None:
+            with torch.no_grad():  # a constant for autograd, as in peft
+                norm = factored_row_norm(weight, self.weight_sq_norm, lora_A.weight, lora_B.weight, scaling)
         mag_norm_scale = (self.weight / norm.to(x.dtype)).view(1, -1)
         lora_result = lora_B(lora_A(x))
         if base_result is not None:
@@ -51,16 +61,44 @@ class FactoredNormDora(DoraLinearLayer):
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 
+def refresh_row_norms(layers) -> None:
+    """Write each (lora module, adapter, DoRA layer)'s current row norm into its row_norm buffer (no autograd)."""
+    with torch.no_grad():
+        for module, name, dora in layers:
+            weight = dequantize_module_weight(module.get_base_layer())
+            dora.row_norm.copy_(factored_row_norm(weight, dora.weight_sq_norm, module.lora_A[name].weight,
+                                                  module.lora_B[name].weight, module.scaling[name]))
+
+
+def _refresh_before_stack(stack, _inputs) -> None:
+    refresh_row_norms(stack._dora_norm_layers)
+
+
+def decoder_stack(model):
+    """The module that runs the decoder layers (a model's `model.model`): the parent of the ModuleList of
+    transformers' GradientCheckpointingLayer; None when there is none."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    for module in model.modules():
+        for child in module.children():
+            if isinstance(child, torch.nn.ModuleList) and any(isinstance(m, GradientCheckpointingLayer)
+                                                              for m in child):
+                return module
+    return None
+
+
 def use_factored_dora_norm(model) -> int:
-    """Switch every DoRA linear layer of a peft model to the factored norm; returns how many were switched.
+    """Switch every DoRA linear layer of a peft model to the factored norm; returns how many were switched. Those
+    inside the decoder stack get their norm refreshed once per forward of the stack (a forward pre-hook).
 
     Layers that store W transposed (fan_in_fan_out, GPT-2's Conv1D) keep peft's forward."""
-    switched = 0
+    stack = decoder_stack(model)
+    inside = set(map(id, stack.modules())) if stack is not None else set()
+    refreshed = []
     for module in model.modules():
         magnitudes = getattr(module, "lora_magnitude_vector", None)
         if not isinstance(magnitudes, torch.nn.ModuleDict):
             continue
-        for dora in magnitudes.values():
+        for name, dora in magnitudes.items():
             if type(dora) is not DoraLinearLayer or dora.fan_in_fan_out:
                 continue
             with torch.no_grad():
@@ -68,5 +106,11 @@ def use_factored_dora_norm(model) -> int:
                 sq_norm = (weight * weight).sum(dim=1)
             dora.__class__ = FactoredNormDora
             dora.register_buffer("weight_sq_norm", sq_norm.to(dora.weight.device), persistent=False)
-            switched += 1
-    return switched
+            norm = torch.zeros_like(sq_norm, device=dora.weight.device) if id(module) in inside else None
+            dora.register_buffer("row_norm", norm, persistent=False)
+            if norm is not None:
+                refreshed.append((module, name, dora))
+    if refreshed:  # kept on the stack, so that a deep copy of the model (trl's reference model) refreshes its own
+        stack._dora_norm_layers = refreshed
+        stack.register_forward_pre_hook(_refresh_before_stack)
+    return len(refreshed) + sum(1 for m in model.modules() if type(m) is FactoredNormDora and m.row_norm is None)

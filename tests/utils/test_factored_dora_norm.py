@@ -94,3 +94,55 @@ def test_factored_dora_norm_needs_use_dora():
     from train_args.base import TrainArgs
     with pytest.raises(ValueError, match="factored_dora_norm: is a DoRA fast path"):
         TrainArgs(output_dir="unused", factored_dora_norm=True, report_to="none")
+
+
+def test_factored_dora_norm_is_computed_once_per_forward_not_again_in_the_recompute(monkeypatch):
+    """Under activation checkpointing every layer runs twice; the norms are refreshed once, before the decoder
+    stack, and the recompute reads them: the same loss and gradients as peft's path, half the norm computations."""
+    import utils.dora
+    plain = apply_peft(tiny_qwen2(), _args())
+    fast = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True))
+    fast.load_state_dict(plain.state_dict())
+    for m in (plain, fast):
+        m.train()
+        m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    calls = []
+    compute = utils.dora.factored_row_norm
+    monkeypatch.setattr(utils.dora, "factored_row_norm", lambda *a: calls.append(1) or compute(*a))
+    ref_loss, ref_grads = _loss_and_grads(plain, _batch())
+    loss, grads = _loss_and_grads(fast, _batch())
+    assert len(calls) == 2 * 7  # one per adapted linear of the two layers, for forward and recompute together
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_dora_outside_the_decoder_stack_computes_its_own_norm():
+    """A DoRA linear that no decoder-stack hook refreshes (here: the output head) computes its norm per call."""
+    model = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True,
+                                           lora_target_modules=["q_proj", "lm_head"]))
+    norms = {n: m.row_norm for n, m in model.named_modules() if isinstance(m, FactoredNormDora)}
+    head = [n for n in norms if "lm_head" in n]
+    assert head and all(norms[n] is None for n in head)
+    assert all(norms[n] is not None for n in norms if "q_proj" in n)
+    plain = copy.deepcopy(model)
+    for m in plain.modules():
+        if isinstance(m, FactoredNormDora):
+            m.__class__ = DoraLinearLayer
+    with torch.no_grad():
+        torch.testing.assert_close(model(**_batch()).logits, plain(**_batch()).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_a_deep_copy_refreshes_its_own_norms():
+    """trl's reference model is a deep copy: its hook must refresh the copy's norms, not the original's."""
+    fast = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True))
+    copied = copy.deepcopy(fast)
+    with torch.no_grad():
+        for name, p in copied.named_parameters():
+            if "lora_B" in name:
+                p.add_(1.0)  # the copy's adapters differ from the original's
+        expected = copied(**_batch()).logits
+        for m in copied.modules():
+            if isinstance(m, FactoredNormDora):
+                m.__class__ = DoraLinearLayer
+        torch.testing.assert_close(expected, copied(**_batch()).logits, atol=1e-5, rtol=1e-5)
