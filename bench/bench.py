@@ -77,6 +77,8 @@ OURS.update({
     # one sample per step: the long-context rows (--len_median 16384 / 32768 --len_sigma 0) against the same at 2,048
     "dojo_lora7b_graphs_b1": dict(GRAPHS, compile_layers=True, model="7b", batch=1),
     "dojo_qlora7b_graphs": dict(GRAPHS, model="7b", train_mode="qlora", batch=4),
+    # the same with compiled layers (bitsandbytes' 4-bit ops trace without graph breaks: a CPU test)
+    "dojo_qlora7b_graphs_compiled": dict(GRAPHS, compile_layers=True, model="7b", train_mode="qlora", batch=4),
 })
 DEFAULT_OURS = "dojo_lora_graphs,dojo_dora_graphs_factored,dojo_full_graphs"
 

@@ -153,7 +153,8 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_lora_graphs_nockpt", "dojo_lora_graphs_every2", "dojo_dora_graphs",
                                  "dojo_dora_graphs_factored", "dojo_dora_graphs_nockpt", "dojo_full_graphs",
                                  "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs",
-                                 "dojo_lora_graphs_budget40", "dojo_lora7b_graphs_budget70")},
+                                 "dojo_lora_graphs_budget40", "dojo_lora7b_graphs_budget70",
+                                 "dojo_qlora7b_graphs_compiled")},
 }
 
 
