@@ -107,7 +107,8 @@ class TrainArgs(TrainingArguments):
     use_dora: bool = field(default=False, metadata=_help("DoRA: weight-decomposed LoRA (with lora or qlora)."))
     factored_dora_norm: bool = field(default=False, metadata=_help(
         "Fast path for DoRA: each row norm ||W + sBA|| from W A^T, A A^T and the frozen ||W||, without building the "
-        "adapted (out x in) weight in every forward as peft does. Same loss and gradients (utils/dora.py)."))
+        "adapted (out x in) weight in every forward as peft does, and once per forward of the decoder (not again in "
+        "a checkpoint's recompute). Same loss and gradients (utils/dora.py)."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
