@@ -93,7 +93,7 @@ def use_factored_dora_norm(model) -> int:
     Layers that store W transposed (fan_in_fan_out, GPT-2's Conv1D) keep peft's forward."""
     stack = decoder_stack(model)
     inside = set(map(id, stack.modules())) if stack is not None else set()
-    refreshed = []
+    refreshed, switched = [], 0
     for module in model.modules():
         magnitudes = getattr(module, "lora_magnitude_vector", None)
         if not isinstance(magnitudes, torch.nn.ModuleDict):
@@ -108,9 +108,10 @@ def use_factored_dora_norm(model) -> int:
             dora.register_buffer("weight_sq_norm", sq_norm.to(dora.weight.device), persistent=False)
             norm = torch.zeros_like(sq_norm, device=dora.weight.device) if id(module) in inside else None
             dora.register_buffer("row_norm", norm, persistent=False)
+            switched += 1
             if norm is not None:
                 refreshed.append((module, name, dora))
     if refreshed:  # kept on the stack, so that a deep copy of the model (trl's reference model) refreshes its own
         stack._dora_norm_layers = refreshed
         stack.register_forward_pre_hook(_refresh_before_stack)
-    return len(refreshed) + sum(1 for m in model.modules() if type(m) is FactoredNormDora and m.row_norm is None)
+    return switched

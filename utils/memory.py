@@ -235,12 +235,14 @@ def fit_memory_budget(args, lengths: list[int], config=None, vocab_size: int | N
     if budget_chooses_checkpointing(args):
         bucket = plan.bucket or 1
         whole = worst_batch_tokens(lengths, args.per_device_train_batch_size, True, bucket)
-        for every_n in checkpointing_choices(model.config.num_hidden_layers)[:-1]:
+        layers = model.config.num_hidden_layers
+        for every_n in checkpointing_choices(layers)[:-1]:
             fields = checkpointing_fields(args, every_n)
             chosen = ArgsView(args, **fields)
             parts = estimate_peak(model, chosen, *whole, plan=resolve(chosen, plan.model_type, max_tokens=0))
             if parts["total"] <= args.memory_budget_gb:
-                what = "no activation checkpointing" if every_n == 0 else f"checkpoint every {every_n} layers"
+                what = "no activation checkpointing" if every_n == 0 else \
+                    f"checkpoint {-(-layers // every_n)} of {layers} layers (every_n_layers {every_n})"
                 return BudgetFit(0, fields, f"memory_budget_gb {args.memory_budget_gb:g}: {what}, whole "
                                             f"micro-batches (predicted {parts['total']:.2f} GB)")
     cap, reason = fit_micro_batch_max_tokens(args, lengths, config, vocab_size, plan, model)

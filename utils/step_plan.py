@@ -281,11 +281,9 @@ def checkpointing_as_run(args, plan: StepPlan):
     return ArgsView(args, **derived) if derived else args
 
 
-def checkpointing_fields(args, every_n_layers: int | None) -> dict:
-    """The activation-checkpointing fields that make a run checkpoint every_n_layers' layers (transformers'
-    selective checkpointing: layers 0, n, 2n, ...): {} for None (as given), activation_checkpointing false for 0."""
-    if every_n_layers is None:
-        return {}
+def checkpointing_fields(args, every_n_layers: int) -> dict:
+    """The activation-checkpointing fields that make a run checkpoint layers 0, n, 2n, ... (transformers' selective
+    checkpointing, every_n_layers n); n = 0: activation_checkpointing false."""
     if every_n_layers == 0:
         return {"activation_checkpointing": False}
     return {"activation_checkpointing_kwargs": {**(args.activation_checkpointing_kwargs or {}),
