@@ -67,20 +67,14 @@ def qlora_upcasts_frozen_weights(args) -> bool:
 
 
 def prepare_quantized(model, args):
-    """QLoRA: the base frozen and ready for activation checkpointing, as peft's prepare_model_for_kbit_training makes
-    it, with its cast of the other weights to fp32 only where qlora_upcasts_frozen_weights says so."""
+    """QLoRA: the 4-bit base frozen, its other weights cast to fp32 only where qlora_upcasts_frozen_weights says so
+    (peft's prepare_model_for_kbit_training casts them all). Activation checkpointing is left to the Trainer, as for
+    LoRA: it turns it on from the run's plan, which memory_budget_gb may have changed."""
     if args.train_mode != "qlora":
         return model
-    kwargs = dict(args.activation_checkpointing_kwargs or {})
     if qlora_upcasts_frozen_weights(args):
-        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(args.activation_checkpointing),
-                                               gradient_checkpointing_kwargs=kwargs)
-    model.requires_grad_(False)
-    if args.activation_checkpointing and getattr(model, "is_loaded_in_4bit", False):  # peft's steps, less the cast
-        if kwargs.get("use_reentrant", True):  # reentrant checkpointing needs inputs that require grad
-            model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    return model
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return model.requires_grad_(False)
 
 
 def build_peft_config(args) -> LoraConfig:

@@ -86,10 +86,6 @@ class DojoTrainer(WalkParametersOnce, Trainer):
         self.plan = plan or build_plan(args, getattr(model, "config", None))
         self.micro_batch_hooks, self.capture_hooks = [], []
         super().__init__(model, self.plan.trainer_args(args), *rest, **kwargs)
-        if not self.args.activation_checkpointing and getattr(self.model, "is_activation_checkpointing", False):
-            # QLoRA's preparation (utils/model.py) enabled it before the plan chose none (memory_budget_gb); the
-            # Trainer only ever enables it
-            self.model.activation_checkpointing_disable()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The loss through utils/loss.py's causal_lm_loss, the one every training path uses: the model's own

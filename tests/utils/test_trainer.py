@@ -135,21 +135,15 @@ def test_non_finite_loss_stops_the_run(tiny_model, toy_data, tmp_path):
                                    "--train_mode", "full", "--learning_rate", "1e30", "--max_grad_norm", "0"))
 
 
-def test_a_budget_without_checkpointing_undoes_what_qlora_preparation_enabled(tmp_path):
-    """QLoRA's preparation (utils/model.py) turns checkpointing on before the plan exists. When memory_budget_gb
-    chooses none, the Trainer's args say so and the model must not keep recomputing its layers."""
-    from utils.step_plan import build_plan
-    config = transformers.Qwen2Config(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
-    args = TrainArgs(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", lora_dropout=0.0,
-                     padding_free=True, memory_budget_gb=80, per_device_train_batch_size=2, lora_rank=4)
-    model = apply_peft(transformers.Qwen2ForCausalLM(config), args)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    rows = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(3, 3 + n))} for n in (9, 14, 5)]
-    plan = build_plan(args, config, [len(row["input_ids"]) for row in rows])
-    trainer = DojoTrainer(model=model, args=args, plan=plan, train_dataset=rows, data_collator=PaddingFreeCollator())
-    assert any(d.field == "activation_checkpointing" and d.value is False for d in trainer.plan.derived)
-    assert trainer.args.activation_checkpointing is False and args.activation_checkpointing is True
-    assert not model.is_activation_checkpointing
-    layers = [m for m in model.modules() if isinstance(m, transformers.modeling_layers.GradientCheckpointingLayer)]
-    assert layers and not any(layer.gradient_checkpointing for layer in layers)
+
+@pytest.mark.parametrize("budget,checkpointed", [("0", True), ("80", False)])
+def test_qlora_checkpoints_its_layers_as_the_plan_says(tiny_model, toy_data, tmp_path, budget, checkpointed):
+    """QLoRA's layers are checkpointed by the Trainer from the run's plan, as LoRA's: by default every layer, and none
+    when memory_budget_gb chose none (the 4-bit preparation does not turn it on behind the plan's back)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    trainer = main_train.main(train_argv(tiny_model("qwen"), toy_data, tmp_path / "o", "--template_name", "qwen",
+                                         "--train_mode", "qlora", "--padding_free", "true", "--max_steps", "1",
+                                         "--memory_budget_gb", budget))
+    layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing is checkpointed for layer in layers)
+    assert trainer.args.activation_checkpointing is checkpointed
