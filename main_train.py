@@ -11,7 +11,7 @@ import utils  # noqa: F401  (first: silences harmless library warnings at startu
 from utils import preference
 from utils.config import ConfigError, parse_args
 from utils.data import DataError, build_datasets
-from utils.memory import estimate_for_run, measured_peak, reset_measured_peak
+from utils.memory import estimate_for_run, measured_peak, prefer_expandable_segments, reset_measured_peak
 from utils.model import apply_peft, build_model, compile_layers, count_parameters
 from utils.step_plan import build_plan, model_config
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, plan_run, rank0, refuse_foreign, train
@@ -31,6 +31,8 @@ def main(argv=None, instrument=None):
     """Run one training job; returns the Trainer (tests inspect its model and log), None when nothing trained.
     instrument: a function given the Trainer before training (bench/user_run_memory.py attaches its hooks)."""
     args = parse_args(argv, check_files=True)  # every bad field at once, before anything is loaded or written
+    if allocator := prefer_expandable_segments():
+        log(allocator)
     plan = plan_run(args)
     if plan.finished:
         log(f"run {plan.run_id} in {args.output_dir} already finished; nothing to train (raise max_steps to train "

@@ -180,9 +180,11 @@ def run_ours(name: str, a) -> dict:
     import torch
 
     from train_args.base import TrainArgs
-    from utils.memory import estimate_peak, meta_model
+    from utils.memory import estimate_peak, meta_model, prefer_expandable_segments
     from utils.model import apply_peft, compile_layers, prepare_quantized
     from utils.trainer import build_trainer
+
+    print(prefer_expandable_segments() or "CUDA allocator as configured", flush=True)  # as main_train.py starts
 
     pb = load_peer_bench(a.peer_bench)
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import utils.tiny_model as tiny_model_module
+from utils.memory import prefer_expandable_segments
 from utils.tiny_model import ARCHITECTURES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,6 +18,7 @@ os.environ.setdefault("DOJO_SHARED_ASSETS", str(SHARED))  # where the code looks
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+prefer_expandable_segments()  # GPU tests run with the CUDA allocator a training run gets (main_train.py)
 
 
 def shared_path(*parts) -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import torch
 
@@ -288,6 +289,25 @@ def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str =
     body = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if k != "total")
     return (f"predicted peak GPU memory {parts['total']:.2f} GB for the largest {unit} ({rows} rows, {tokens:,} "
             f"tokens): {body} (GB)")
+
+
+ALLOCATOR_SETTING = "expandable_segments:True"
+
+
+def prefer_expandable_segments() -> str | None:
+    """Let PyTorch's CUDA allocator grow its segments in place (expandable_segments) unless the user configured the
+    allocator (PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF). Without it, a step whose tensors change size with each
+    micro-batch's length, and each CUDA graph's private pool, leave gaps the allocator reserves but cannot reuse, so a
+    card needs far more than --dry_run predicts (bench/README.md: reserved against allocated on the bench rows).
+    The allocator reads the setting when CUDA starts: call before anything touches the GPU. Returns the line to log
+    (None: the user's setting, no GPU, or CUDA already started)."""
+    if any(name in os.environ for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+        return None
+    if not torch.cuda.is_available() or torch.cuda.is_initialized():
+        return None
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
+    return (f"CUDA allocator: PYTORCH_CUDA_ALLOC_CONF={ALLOCATOR_SETTING} (reserved memory stays close to what is "
+            "allocated across micro-batches of many lengths; set PYTORCH_CUDA_ALLOC_CONF yourself to choose)")
 
 
 def _cuda_in_use() -> bool:

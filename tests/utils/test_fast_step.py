@@ -122,10 +122,13 @@ def test_cuda_graphs_bf16_flash_varlen_tracks_the_plain_loss(tmp_path, max_token
 
 @pytest.mark.gpu
 @gpu
-def test_a_new_graph_length_warms_up_in_the_graphs_memory_pool():
+@pytest.mark.parametrize("lengths", [(4096, 1024, 3072, 2048), (1024, 2048, 3072, 4096)])
+def test_a_new_graph_length_warms_up_in_the_graphs_memory_pool(lengths):
     """Each new padded length runs eagerly before its capture. Its temporaries come from the graphs' own pool, so the
     allocator reserves little beyond the peak it allocates; a warm-up with a cache of its own beside the pool
-    reserved both (bench/README.md: 3.31 GB reserved for 2.06 allocated at 0.5B)."""
+    reserved both (bench/README.md: 3.31 GB reserved for 2.06 allocated at 0.5B). Lengths that keep growing leave
+    blocks too small for the next one unless the allocator grows segments in place (expandable segments, which
+    main_train.py and tests/conftest.py set: utils/memory.py's prefer_expandable_segments)."""
     import gc
 
     from utils.cuda_graphs import GraphedStep
@@ -140,9 +143,7 @@ def test_a_new_graph_length_warms_up_in_the_graphs_memory_pool():
     torch.cuda.empty_cache()
     allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
     torch.cuda.reset_peak_memory_stats()
-    for n in (4096, 1024, 3072, 2048):  # the longest first, as a run meets it early: each later length is a new
-        # graph, warmed up while the graphs before it hold the pool (lengths that keep growing also leave blocks
-        # too small for the next one: the pool fragments, bench/README.md)
+    for n in lengths:  # each new length is a new graph, warmed up while the graphs before it hold the pool
         ids = torch.randint(0, config.vocab_size, (1, n), device="cuda")
         for p in params:
             p.grad = None  # a new optimizer step

@@ -4,7 +4,11 @@ the largest micro-batch or piece and after memory_budget_gb, without loading wei
 from __future__ import annotations
 
 import gc
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,3 +359,21 @@ def test_memory_budget_is_applied_before_the_dry_run_prediction(tiny_model, tmp_
         main_train.main(argv[:-1] + ["0.0001"])
     assert not (tmp_path / "o").exists()
 
+
+
+ALLOCATOR_PROBE = ("import torch; from utils.memory import prefer_expandable_segments as prefer; line = prefer(); "
+                   "x = torch.ones(1 << 20, device='cuda'); print(line is not None, "
+                   "all(s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']))")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("given, expected", [(None, ["True", "True"]), ("expandable_segments:False", ["False", "False"])])
+def test_training_runs_grow_cuda_segments_in_place_unless_the_user_set_the_allocator(given, expected):
+    """In a fresh process (the allocator reads its setting when CUDA starts), as main_train.py starts."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
+    if given:
+        env["PYTORCH_CUDA_ALLOC_CONF"] = given
+    out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env=env, cwd=Path(main_train.__file__).parent,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == expected
