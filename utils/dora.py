@@ -61,17 +61,39 @@ class FactoredNormDora(DoraLinearLayer):
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 
-def refresh_row_norms(layers) -> None:
-    """Write each (lora module, adapter, DoRA layer)'s current row norm into its row_norm buffer (no autograd)."""
+def _row_norms_into(weights, sq_norms, lora_as, lora_bs, scalings, outs) -> None:
+    """One decoder layer's DoRA row norms, written into their buffers. Eager, that is a dozen small kernels per
+    adapted linear; under compile_layers it is compiled (compile_norm_refresh): one graph serves every layer, whose
+    shapes are the same, and fuses each linear's elementwise work after its two skinny matmuls."""
+    for weight, sq_norm, a, b, scaling, out in zip(weights, sq_norms, lora_as, lora_bs, scalings, outs):
+        out.copy_(factored_row_norm(weight, sq_norm, a, b, scaling))
+
+
+def refresh_row_norms(groups, row_norms_into=_row_norms_into) -> None:
+    """Write each decoder layer's (lora module, adapter, DoRA layer) current row norms into their row_norm buffers
+    (no autograd)."""
     with torch.no_grad():
-        for module, name, dora in layers:
-            weight = dequantize_module_weight(module.get_base_layer())
-            dora.row_norm.copy_(factored_row_norm(weight, dora.weight_sq_norm, module.lora_A[name].weight,
-                                                  module.lora_B[name].weight, module.scaling[name]))
+        for group in groups:
+            row_norms_into([dequantize_module_weight(module.get_base_layer()) for module, _, _ in group],
+                           [dora.weight_sq_norm for _, _, dora in group],
+                           [module.lora_A[name].weight for module, name, _ in group],
+                           [module.lora_B[name].weight for module, name, _ in group],
+                           [module.scaling[name] for module, name, _ in group],
+                           [dora.row_norm for _, _, dora in group])
 
 
 def _refresh_before_stack(stack, _inputs) -> None:
-    refresh_row_norms(stack._dora_norm_layers)
+    refresh_row_norms(stack._dora_norm_groups, stack._dora_row_norms_into)
+
+
+def compile_norm_refresh(model) -> bool:
+    """compile_layers: compile the refresh of each layer's norms as the layers are compiled; False when the model
+    has no refreshed DoRA layers."""
+    stack = decoder_stack(model)
+    if stack is None or not hasattr(stack, "_dora_norm_groups"):
+        return False
+    stack._dora_row_norms_into = torch.compile(_row_norms_into, dynamic=False)
+    return True
 
 
 def decoder_stack(model):
@@ -92,8 +114,11 @@ def use_factored_dora_norm(model) -> int:
 
     Layers that store W transposed (fan_in_fan_out, GPT-2's Conv1D) keep peft's forward."""
     stack = decoder_stack(model)
-    inside = set(map(id, stack.modules())) if stack is not None else set()
-    refreshed, switched = [], 0
+    layers = [layer for child in (stack.children() if stack is not None else ())
+              if isinstance(child, torch.nn.ModuleList) for layer in child]
+    groups = {id(layer): [] for layer in layers}  # each decoder layer's refreshed DoRA linears, in stack order
+    layer_of = {id(m): id(layer) for layer in layers for m in layer.modules()}
+    switched = 0
     for module in model.modules():
         magnitudes = getattr(module, "lora_magnitude_vector", None)
         if not isinstance(magnitudes, torch.nn.ModuleDict):
@@ -106,12 +131,15 @@ def use_factored_dora_norm(model) -> int:
                 sq_norm = (weight * weight).sum(dim=1)
             dora.__class__ = FactoredNormDora
             dora.register_buffer("weight_sq_norm", sq_norm.to(dora.weight.device), persistent=False)
-            norm = torch.zeros_like(sq_norm, device=dora.weight.device) if id(module) in inside else None
+            group = groups.get(layer_of.get(id(module)))
+            norm = torch.zeros_like(sq_norm, device=dora.weight.device) if group is not None else None
             dora.register_buffer("row_norm", norm, persistent=False)
             switched += 1
-            if norm is not None:
-                refreshed.append((module, name, dora))
-    if refreshed:  # kept on the stack, so that a deep copy of the model (trl's reference model) refreshes its own
-        stack._dora_norm_layers = refreshed
+            if group is not None:
+                group.append((module, name, dora))
+    if any(groups.values()):  # kept on the stack, so that a deep copy of the model (trl's reference model)
+        # refreshes its own norms
+        stack._dora_norm_groups = [group for group in groups.values() if group]
+        stack._dora_row_norms_into = _row_norms_into
         stack.register_forward_pre_hook(_refresh_before_stack)
     return switched

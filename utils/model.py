@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import BitsAndBytesConfig, set_seed
 
 import utils.attention  # noqa: F401  (registers attn_implementation "varlen" with transformers)
-from utils.dora import use_factored_dora_norm
+from utils.dora import compile_norm_refresh, use_factored_dora_norm
 from utils.model_source import resolve_model_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -135,6 +135,7 @@ def compile_layers(model, args):
         if cls not in compiled:
             compiled[cls] = torch.compile(plain, dynamic=True)
         layer.forward = functools.partial(_checkpointed_forward, layer, compiled[cls])
+    compile_norm_refresh(model)  # factored_dora_norm's refresh before the layers, compiled as they are
     return model
 
 

@@ -146,3 +146,24 @@ def test_a_deep_copy_refreshes_its_own_norms():
             if isinstance(m, FactoredNormDora):
                 m.__class__ = DoraLinearLayer
         torch.testing.assert_close(expected, copied(**_batch()).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_norm_refresh_is_one_graph_for_every_layer():
+    """Under compile_layers the refresh is compiled too: the layers' shapes are the same, so one graph serves them
+    all (not one per layer), and it writes the norms the eager refresh writes."""
+    import utils.dora
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from utils.model import compile_layers
+    torch._dynamo.reset()
+    model = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True))
+    compile_layers(model, SimpleNamespace(compile_layers=True))
+    with torch.no_grad():
+        model(**_batch())
+    assert len(_debug_get_cache_entry_list(utils.dora._row_norms_into.__code__)) == 1
+    switched = [m for m in model.modules() if isinstance(m, FactoredNormDora)]
+    for module in model.modules():
+        for name, dora in getattr(module, "lora_magnitude_vector", {}).items():
+            expected = factored_row_norm(module.get_base_layer().weight, dora.weight_sq_norm,
+                                         module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name])
+            torch.testing.assert_close(dora.row_norm, expected, atol=1e-5, rtol=1e-5)
+    assert len(switched) == 2 * 7
