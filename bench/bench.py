@@ -184,7 +184,7 @@ def run_ours(name: str, a) -> dict:
     from utils.model import apply_peft, compile_layers, prepare_quantized
     from utils.trainer import build_trainer
 
-    print(prefer_expandable_segments() or "CUDA allocator as configured", flush=True)  # as main_train.py starts
+    print(prefer_expandable_segments() or "CUDA allocator: as configured (or no GPU)", flush=True)  # as main_train.py
 
     pb = load_peer_bench(a.peer_bench)
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -299,15 +299,16 @@ def prefer_expandable_segments() -> str | None:
     allocator (PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF). Without it, a step whose tensors change size with each
     micro-batch's length, and each CUDA graph's private pool, leave gaps the allocator reserves but cannot reuse, so a
     card needs far more than --dry_run predicts (bench/README.md: reserved against allocated on the bench rows).
-    The allocator reads the setting when CUDA starts: call before anything touches the GPU. Returns the line to log
-    (None: the user's setting, no GPU, or CUDA already started)."""
+    Set on the running allocator, not through the environment: by the time a run starts, importing bitsandbytes has
+    already started CUDA (it reads the GPU's compute capability). It applies to the segments reserved from then on,
+    so call before the model is loaded. Returns the line to log (None: the user's setting, or no GPU)."""
     if any(name in os.environ for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
         return None
-    if not torch.cuda.is_available() or torch.cuda.is_initialized():
+    if not torch.cuda.is_available():
         return None
-    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTING
-    return (f"CUDA allocator: PYTORCH_CUDA_ALLOC_CONF={ALLOCATOR_SETTING} (reserved memory stays close to what is "
-            "allocated across micro-batches of many lengths; set PYTORCH_CUDA_ALLOC_CONF yourself to choose)")
+    torch.cuda.memory._set_allocator_settings(ALLOCATOR_SETTING)  # what the environment variable sets, at run time
+    return (f"CUDA allocator: {ALLOCATOR_SETTING} (reserved memory stays close to what is allocated across "
+            "micro-batches of many lengths; set PYTORCH_CUDA_ALLOC_CONF yourself to choose)")
 
 
 def _cuda_in_use() -> bool:

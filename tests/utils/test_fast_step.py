@@ -154,4 +154,5 @@ def test_a_new_graph_length_warms_up_in_the_graphs_memory_pool(lengths):
     print(f"graphs: {len(step.graphs)}, peak allocated {peak_allocated / 2**20:.0f} MiB, reserved "
           f"{peak_reserved / 2**20:.0f} MiB")
     assert len(step.graphs) == 4
-    assert peak_reserved < 1.25 * peak_allocated, (peak_reserved, peak_allocated)
+    # a warm-up beside the pool reserved 1.8x the allocated peak here; from the pool, 1.15-1.31x (bench/README.md)
+    assert peak_reserved < 1.4 * peak_allocated, (peak_reserved, peak_allocated)

@@ -361,8 +361,8 @@ def test_memory_budget_is_applied_before_the_dry_run_prediction(tiny_model, tmp_
 
 
 
-ALLOCATOR_PROBE = ("import torch; from utils.memory import prefer_expandable_segments as prefer; line = prefer(); "
-                   "x = torch.ones(1 << 20, device='cuda'); print(line is not None, "
+ALLOCATOR_PROBE = ("import main_train, torch; from utils.memory import prefer_expandable_segments as prefer; "
+                   "line = prefer(); x = torch.ones(1 << 20, device='cuda'); print(line is not None, "
                    "all(s['is_expandable'] for s in torch.cuda.memory._snapshot()['segments']))")
 
 
@@ -370,7 +370,7 @@ ALLOCATOR_PROBE = ("import torch; from utils.memory import prefer_expandable_seg
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("given, expected", [(None, ["True", "True"]), ("expandable_segments:False", ["False", "False"])])
 def test_training_runs_grow_cuda_segments_in_place_unless_the_user_set_the_allocator(given, expected):
-    """In a fresh process (the allocator reads its setting when CUDA starts), as main_train.py starts."""
+    """In a fresh process that imports main_train.py first, as a run does (bitsandbytes starts CUDA on import)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
     if given:
         env["PYTORCH_CUDA_ALLOC_CONF"] = given
