@@ -292,17 +292,18 @@ def format_estimate(parts: dict[str, float], tokens: int, rows: int, unit: str =
 
 
 ALLOCATOR_SETTING = "expandable_segments:True"
+ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")  # the user's choice
 
 
 def prefer_expandable_segments() -> str | None:
     """Let PyTorch's CUDA allocator grow its segments in place (expandable_segments) unless the user configured the
-    allocator (PYTORCH_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF). Without it, a step whose tensors change size with each
-    micro-batch's length, and each CUDA graph's private pool, leave gaps the allocator reserves but cannot reuse, so a
-    card needs far more than --dry_run predicts (bench/README.md: reserved against allocated on the bench rows).
+    allocator (ALLOCATOR_VARIABLES). Without it, a step whose tensors change size with each micro-batch's length, and
+    each CUDA graph's private pool, leave gaps the allocator reserves but cannot reuse, so a card needs far more than
+    --dry_run predicts (bench/README.md: reserved against allocated on the bench rows).
     Set on the running allocator, not through the environment: by the time a run starts, importing bitsandbytes has
     already started CUDA (it reads the GPU's compute capability). It applies to the segments reserved from then on,
     so call before the model is loaded. Returns the line to log (None: the user's setting, or no GPU)."""
-    if any(name in os.environ for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
+    if any(name in os.environ for name in ALLOCATOR_VARIABLES):
         return None
     if not torch.cuda.is_available():
         return None

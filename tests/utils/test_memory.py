@@ -18,8 +18,8 @@ import main_train
 
 from tests.conftest import TOY_RECORDS, train_argv, write_jsonl
 from train_args.base import TrainArgs
-from utils.memory import (checkpointing_choices, estimate_peak, fit_memory_budget, fit_micro_batch_max_tokens,
-                          meta_model, worst_batch_tokens)
+from utils.memory import (ALLOCATOR_VARIABLES, checkpointing_choices, estimate_peak, fit_memory_budget,
+                          fit_micro_batch_max_tokens, meta_model, worst_batch_tokens)
 
 
 def _config(vocab=32000, layers=4):
@@ -371,7 +371,7 @@ ALLOCATOR_PROBE = ("import main_train, torch; from utils.memory import prefer_ex
 @pytest.mark.parametrize("given, expected", [(None, ["True", "True"]), ("expandable_segments:False", ["False", "False"])])
 def test_training_runs_grow_cuda_segments_in_place_unless_the_user_set_the_allocator(given, expected):
     """In a fresh process that imports main_train.py first, as a run does (bitsandbytes starts CUDA on import)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")}
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
     if given:
         env["PYTORCH_CUDA_ALLOC_CONF"] = given
     out = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env=env, cwd=Path(main_train.__file__).parent,
