@@ -368,7 +368,8 @@ ALLOCATOR_PROBE = ("import main_train, torch; from utils.memory import prefer_ex
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("given, expected", [(None, ["True", "True"]), ("expandable_segments:False", ["False", "False"])])
+@pytest.mark.parametrize("given, expected", [(None, ["True", "True"]),
+                                             ("expandable_segments:False", ["False", "False"])])
 def test_training_runs_grow_cuda_segments_in_place_unless_the_user_set_the_allocator(given, expected):
     """In a fresh process that imports main_train.py first, as a run does (bitsandbytes starts CUDA on import)."""
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
