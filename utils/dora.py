@@ -38,7 +38,7 @@ def factored_row_norm(weight, weight_sq_norm, lora_a, lora_b, scaling: float) ->
 
 class FactoredNormDora(DoraLinearLayer):
     """peft's DoRA linear layer with the row norm of `factored_row_norm`; ||W||² rows cached in a buffer. row_norm:
-    the norm refresh_row_norms wrote before this forward of the decoder (None outside a refreshed decoder stack:
+    the norm the decoder stack's pre-hook wrote before this forward of the decoder (None outside a refreshed decoder stack:
     computed here)."""
 
     weight_sq_norm: torch.Tensor
@@ -69,31 +69,25 @@ def _row_norms_into(weights, sq_norms, lora_as, lora_bs, scalings, outs) -> None
         out.copy_(factored_row_norm(weight, sq_norm, a, b, scaling))
 
 
-def refresh_row_norms(groups, row_norms_into=_row_norms_into) -> None:
-    """Write each decoder layer's (lora module, adapter, DoRA layer) current row norms into their row_norm buffers
-    (no autograd)."""
-    with torch.no_grad():
-        for group in groups:
-            row_norms_into([dequantize_module_weight(module.get_base_layer()) for module, _, _ in group],
-                           [dora.weight_sq_norm for _, _, dora in group],
-                           [module.lora_A[name].weight for module, name, _ in group],
-                           [module.lora_B[name].weight for module, name, _ in group],
-                           [module.scaling[name] for module, name, _ in group],
-                           [dora.row_norm for _, _, dora in group])
-
-
 def _refresh_before_stack(stack, _inputs) -> None:
-    refresh_row_norms(stack._dora_norm_groups, stack._dora_row_norms_into)
+    """The forward pre-hook of the decoder stack: each layer's current row norms into their row_norm buffers, from
+    its (lora module, adapter, DoRA layer) group (no autograd)."""
+    with torch.no_grad():
+        for group in stack._dora_norm_groups:
+            stack._dora_row_norms_into([dequantize_module_weight(module.get_base_layer()) for module, _, _ in group],
+                                       [dora.weight_sq_norm for _, _, dora in group],
+                                       [module.lora_A[name].weight for module, name, _ in group],
+                                       [module.lora_B[name].weight for module, name, _ in group],
+                                       [module.scaling[name] for module, name, _ in group],
+                                       [dora.row_norm for _, _, dora in group])
 
 
-def compile_norm_refresh(model) -> bool:
-    """compile_layers: compile the refresh of each layer's norms as the layers are compiled; False when the model
-    has no refreshed DoRA layers."""
+def compile_norm_refresh(model) -> None:
+    """compile_layers: compile the refresh of each layer's norms as the layers are compiled (nothing to do when the
+    model has no refreshed DoRA layers)."""
     stack = decoder_stack(model)
-    if stack is None or not hasattr(stack, "_dora_norm_groups"):
-        return False
-    stack._dora_row_norms_into = torch.compile(_row_norms_into, dynamic=False)
-    return True
+    if stack is not None and hasattr(stack, "_dora_norm_groups"):
+        stack._dora_row_norms_into = torch.compile(_row_norms_into, dynamic=False)
 
 
 def decoder_stack(model):
