@@ -67,6 +67,14 @@ OURS.update({
         "use_reentrant": False, "every_n_layers": 2}),
     "dojo_dora_graphs": dict(GRAPHS, use_dora=True, compile_layers=True),
     "dojo_dora_graphs_factored": dict(GRAPHS, use_dora=True, compile_layers=True, factored_dora_norm=True),
+    # fused_lora, a memory switch: the adapter added in the B matmul (addmm); DoRA's scale once on the sum
+    "dojo_lora_graphs_fused": dict(GRAPHS, compile_layers=True, fused_lora=True),
+    "dojo_dora_graphs_fused": dict(GRAPHS, use_dora=True, compile_layers=True, factored_dora_norm=True,
+                                   fused_lora=True),
+    # candidates for unsloth's peak memory: pieces of 2,048 tokens at 0.5B, 4-bit 7B
+    "dojo_lora_graphs_cap2048_fused": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048, fused_lora=True),
+    "dojo_qlora7b_graphs_compiled_fused": dict(GRAPHS, compile_layers=True, model="7b", train_mode="qlora", batch=4,
+                                               fused_lora=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),
@@ -74,6 +82,8 @@ OURS.update({
     # run does: at 1.5B, 40 GB holds every activation; at 7B, 70 GB checkpoints one layer in 3 (--dry_run)
     "dojo_lora_graphs_budget40": dict(GRAPHS, compile_layers=True, memory_budget_gb=40),
     "dojo_lora7b_graphs_budget70": dict(GRAPHS, compile_layers=True, model="7b", memory_budget_gb=70),
+    "dojo_full_graphs_budget60": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5,
+                                      memory_budget_gb=60),
     # one sample per step: the long-context rows (--len_median 16384 / 32768 --len_sigma 0) against the same at 2,048
     "dojo_lora7b_graphs_b1": dict(GRAPHS, compile_layers=True, model="7b", batch=1),
     "dojo_qlora7b_graphs": dict(GRAPHS, model="7b", train_mode="qlora", batch=4),
@@ -248,7 +258,7 @@ def run_ours(name: str, a) -> dict:
     if a.profile_steps:
         res.update(timer.profile_summary())
         if timer.prof is not None:
-            res["top_kernels"] = top_kernels(timer.prof, a.profile_steps)
+            res["top_kernels"] = top_kernels(timer.prof, a.profile_steps, a.top_kernels)
     res["captures"] = captures
     return res
 
@@ -269,7 +279,7 @@ def watch_captures(trainer, meter) -> list[dict]:
 
 def top_kernels(prof, steps: int, n: int = 12) -> list[tuple[str, float, int]]:
     """The GPU kernels that took the most time per step in the profiled steps: (name, ms per step, calls)."""
-    rows = [(e.key[:70], e.self_device_time_total / 1e3 / steps, e.count // steps)
+    rows = [(e.key[:90], e.self_device_time_total / 1e3 / steps, e.count // steps)
             for e in prof.key_averages() if e.self_device_time_total > 0]
     return [(k, round(ms, 2), c) for k, ms, c in sorted(rows, key=lambda r: -r[1])[:n]]
 
@@ -343,6 +353,7 @@ def main():
     p.add_argument("--warmup_7b", type=int, default=3, help="as peer_bench's --warmup-7b")
     p.add_argument("--steps_7b", type=int, default=12, help="as peer_bench's --steps-7b")
     p.add_argument("--profile_steps", type=int, default=0, help="extra steps under torch.profiler (GPU busy)")
+    p.add_argument("--top_kernels", type=int, default=12, help="kernels kept from the profile, most time first")
     p.add_argument("--peers_first", action="store_true", help="run the peers before our rows")
     p.add_argument("--cprofile", action="store_true", help="run our rows under cProfile (slower; for diagnosis)")
     p.add_argument("--memory_peak", action="store_true",

@@ -98,6 +98,24 @@ def test_factored_dora_norm_trains_and_reloads_as_plain_peft_dora(method, tiny_m
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method,dora", [("lora", False), ("qlora", False), ("lora", True), ("qlora", True)])
+def test_fused_lora_trains_and_reloads_as_plain_peft(method, dora, tiny_model, toy_data, tmp_path):
+    """fused_lora changes only the forward: what it trained (LoRA, or DoRA on the factored norm; a 4-bit base
+    too), peft's own forward reproduces on reload."""
+    model_dir, out = tiny_model("qwen"), tmp_path / "out"
+    dora_flags = ("--use_dora", "true", "--factored_dora_norm", "true") if dora else ()
+    trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", "qwen", "--train_mode", method,
+                                         "--fused_lora", "true", "--lora_dropout", "0", *dora_flags))
+    from utils.fused_lora import FusedLoraForward
+    assert any(isinstance(m, FusedLoraForward) for m in trainer.model.modules())
+    ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
+    with torch.no_grad():
+        trained = eval_mode(trainer.model)(input_ids=ids).logits
+        reloaded = eval_mode(reload(out, model_dir, method))
+        assert not any(isinstance(m, FusedLoraForward) for m in reloaded.modules())
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
+
+
 def test_generation_config_stops_on_every_template_stop_token(tiny_model, toy_data, tmp_path):
     out = tmp_path / "out"
     main_train.main(train_argv(tiny_model("qwen"), toy_data, out, "--template_name", "qwen", "--max_steps", "1"))

@@ -109,6 +109,11 @@ class TrainArgs(TrainingArguments):
         "Fast path for DoRA: each row norm ||W + sBA|| from W A^T, A A^T and the frozen ||W||, without building the "
         "adapted (out x in) weight in every forward as peft does, and once per forward of the decoder (not again in "
         "a checkpoint's recompute). Same loss and gradients (utils/dora.py)."))
+    fused_lora: bool = field(default=False, metadata=_help(
+        "Less peak memory for LoRA and DoRA at a small cost in speed (bench/README.md has both): the adapter's "
+        "output is added to the base output by the B matmul itself (one addmm), so the backward keeps their sum "
+        "where it kept both parts; with DoRA (needs factored_dora_norm) the scale applies once to the sum. Same "
+        "function and gradients (utils/fused_lora.py)."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
@@ -326,6 +331,9 @@ FIELD_RULES = (
     ("use_dora", lambda a: not a.use_dora or _lora(a), "needs train_mode lora or qlora"),
     ("factored_dora_norm", lambda a: not a.factored_dora_norm or a.use_dora,
      "is a DoRA fast path: set use_dora true as well"),
+    ("fused_lora", lambda a: not a.fused_lora or _lora(a), "needs train_mode lora or qlora"),
+    ("fused_lora", lambda a: not (a.fused_lora and a.use_dora) or a.factored_dora_norm,
+     "with use_dora reads the factored norm: set factored_dora_norm true as well"),
     ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
     ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
     ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),

@@ -44,20 +44,23 @@ class FactoredNormDora(DoraLinearLayer):
     weight_sq_norm: torch.Tensor
     row_norm: torch.Tensor | None
 
-    def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+    def scale(self, dtype, lora_a_weight, lora_b_weight, scaling, base_layer) -> torch.Tensor:
+        """g = m / ||W + s·BA|| per output row; the norm a constant for autograd, as in peft."""
         norm = self.row_norm
-        if norm is None or base_result is None:
-            weight = dequantize_module_weight(base_layer).to(x.dtype)
         if norm is None:
-            with torch.no_grad():  # a constant for autograd, as in peft
-                norm = factored_row_norm(weight, self.weight_sq_norm, lora_A.weight, lora_B.weight, scaling)
-        mag_norm_scale = (self.weight / norm.to(x.dtype)).view(1, -1)
+            with torch.no_grad():
+                weight = dequantize_module_weight(base_layer).to(dtype)
+                norm = factored_row_norm(weight, self.weight_sq_norm, lora_a_weight, lora_b_weight, scaling)
+        return self.weight / norm.to(dtype)
+
+    def forward(self, x, *, lora_A, lora_B, scaling, base_layer, base_result=None, adapter_name="default"):
+        mag_norm_scale = self.scale(x.dtype, lora_A.weight, lora_B.weight, scaling, base_layer).view(1, -1)
         lora_result = lora_B(lora_A(x))
         if base_result is not None:
             if base_layer.bias is not None:
                 base_result = base_result - base_layer.bias
         else:  # lora dropout: the base output of the dropped-out input
-            base_result = F.linear(x, weight)
+            base_result = F.linear(x, dequantize_module_weight(base_layer).to(x.dtype))
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 

@@ -44,6 +44,7 @@ EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit"
 # less, read off the DoRA bench row without checkpointing (bench/README.md): the magnitude's gradient needs only
 # their sum. While a layer is differentiated, its DoRA tensors and their fp32 gradients: 6 (checkpointed rows).
 DORA_KEPT_BYTES = {False: 4, True: 2.5}
+FUSED_DORA_KEPT_BYTES = 2  # fused_lora: the sum W x + s·B A x alone (utils/fused_lora.py)
 DORA_BACKWARD_BYTES = 6
 
 
@@ -130,7 +131,8 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     if getattr(args, "use_dora", False):  # per layer: DoRA's output-wide tensors (DORA_KEPT_BYTES above)
         out_features = sum(m.out_features for n, m in model.named_modules()
                            if n.endswith("base_layer") and hasattr(m, "out_features")) // layers
-        dora_kept = int(DORA_KEPT_BYTES[compiled] * tokens * out_features)
+        kept_bytes = FUSED_DORA_KEPT_BYTES if getattr(args, "fused_lora", False) else DORA_KEPT_BYTES[compiled]
+        dora_kept = int(kept_bytes * tokens * out_features)
         dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if plan.varlen else rows * row_len * row_len

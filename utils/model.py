@@ -10,6 +10,7 @@ from transformers import BitsAndBytesConfig, set_seed
 
 import utils.attention  # noqa: F401  (registers attn_implementation "varlen" with transformers)
 from utils.dora import compile_norm_refresh, use_factored_dora_norm
+from utils.fused_lora import use_fused_lora
 from utils.model_source import resolve_model_source
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -103,6 +104,8 @@ def apply_peft(model, args):
     model = get_peft_model(model, config)
     if args.factored_dora_norm:
         use_factored_dora_norm(model)
+    if getattr(args, "fused_lora", False):
+        use_fused_lora(model)
     return model
 
 

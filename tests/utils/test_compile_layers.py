@@ -111,9 +111,10 @@ def test_compile_off_leaves_model_untouched():
     assert all(getattr(m, "_compiled_call_impl", None) is None and "forward" not in vars(m) for m in model.modules())
 
 
-def test_compiled_qlora_layers_trace_whole_and_train_as_eager(tiny_model, toy_data, tmp_path):
+@pytest.mark.parametrize("fused", ["false", "true"])
+def test_compiled_qlora_layers_trace_whole_and_train_as_eager(tiny_model, toy_data, tmp_path, fused):
     """bitsandbytes' 4-bit layers trace into the compiled layer without a graph break (its ops are torch custom
-    ops), and the compiled QLoRA run logs the eager run's losses."""
+    ops), also with fused_lora, and the compiled QLoRA run logs the eager run's losses."""
     import main_train
     from tests.conftest import train_argv
     losses = {}
@@ -122,7 +123,7 @@ def test_compiled_qlora_layers_trace_whole_and_train_as_eager(tiny_model, toy_da
         torch._dynamo.utils.counters.clear()
         trainer = main_train.main(train_argv(tiny_model("qwen"), toy_data, tmp_path / compiled, "--template_name",
                                              "qwen", "--train_mode", "qlora", "--padding_free", "true",
-                                             "--compile_layers", compiled))
+                                             "--compile_layers", compiled, "--fused_lora", fused))
         losses[compiled] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     assert not torch._dynamo.utils.counters["graph_break"]

@@ -89,17 +89,18 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("train_mode,compiled,max_tokens,dora", [
-    ("lora", False, 0, False), ("full", False, 0, False), ("lora", True, 0, False), ("lora", False, 20, False),
-    ("lora", True, 0, True)])
-def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode, compiled, max_tokens, dora):
+@pytest.mark.parametrize("train_mode,compiled,max_tokens,dora,fused", [
+    ("lora", False, 0, False, False), ("full", False, 0, False, False), ("lora", True, 0, False, False),
+    ("lora", False, 20, False, False), ("lora", True, 0, True, False), ("lora", True, 0, False, True),
+    ("lora", True, 0, True, True)])
+def test_cuda_graph_replays_match_eager_steps(tmp_path, train_mode, compiled, max_tokens, dora, fused):
     """fp32 on the GPU (masked attention path): replayed graphs give the eager losses and weights, also with the
     layers compiled and checkpointed outside the compiled graph (the bench's configuration), with micro-batches
-    run in pieces (several graph replays accumulating into one step's gradients), and for DoRA with the factored
-    norms refreshed before the decoder (against peft's own DoRA, eager)."""
+    run in pieces (several graph replays accumulating into one step's gradients), for DoRA with the factored
+    norms refreshed before the decoder (against peft's own DoRA, eager), and with fused_lora."""
     plain_losses, plain_weights, _ = _run(tmp_path, dict(PLAIN, use_dora=dora), device="cuda", train_mode=train_mode)
     losses, weights, trainer = _run(tmp_path, dict(FAST, compile_layers=compiled, micro_batch_max_tokens=max_tokens,
-                                                   use_dora=dora, factored_dora_norm=dora),
+                                                   use_dora=dora, factored_dora_norm=dora, fused_lora=fused),
                                     device="cuda", train_mode=train_mode)
     assert len(trainer._graphed.graphs) >= 2  # several padded lengths, each its own graph
     assert losses == pytest.approx(plain_losses, rel=1e-4)

@@ -1,0 +1,156 @@
+"""fused_lora: the adapter added inside the matmul gives peft's loss and gradients, for LoRA and factored DoRA, eager
+and compiled, and falls back to peft's forward where it does not apply."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import tiny_qwen2
+from utils.collators import PaddingFreeCollator
+from utils.fused_lora import FusedLoraForward
+from utils.model import apply_peft, compile_layers
+
+
+def _args(**kw):
+    base = dict(train_mode="lora", lora_rank=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=None,
+                use_dora=False, factored_dora_norm=False, fused_lora=False, use_rslora=False,
+                init_lora_weights=False, train_new_tokens=False, compile_layers=False)
+    return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
+
+
+def _batch(seed=0, lengths=(7, 19, 12)):
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for n in lengths:
+        ids = torch.randint(3, 128, (n,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
+    return PaddingFreeCollator()(feats)
+
+
+def _loss_and_grads(model, batch, seed=0):
+    model.zero_grad()
+    torch.manual_seed(seed)  # the same dropout masks in both models
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _pair(**kw):
+    """peft's model and the same adapters with fused_lora (DoRA: both on the factored norm)."""
+    dora = dict(use_dora=True, factored_dora_norm=True) if kw.pop("dora", False) else {}
+    plain = apply_peft(tiny_qwen2(), _args(**dora, **kw))
+    fused = apply_peft(tiny_qwen2(), _args(**dora, **kw, fused_lora=True))
+    fused.load_state_dict(plain.state_dict())
+    return plain, fused
+
+
+def _assert_same_training(plain, fused, steps=2, atol=1e-6):
+    for m in (plain, fused):
+        m.train()
+    for step in range(steps):
+        ref_loss, ref_grads = _loss_and_grads(plain, _batch(step), seed=step)
+        loss, grads = _loss_and_grads(fused, _batch(step), seed=step)
+        torch.testing.assert_close(loss, ref_loss, atol=atol, rtol=1e-5)
+        assert grads.keys() == ref_grads.keys() and grads
+        for name, grad in ref_grads.items():
+            torch.testing.assert_close(grads[name], grad, atol=atol, rtol=1e-4, msg=name)
+
+
+class _CountAddmm(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.addmm
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dora,dropout", [(False, 0.0), (False, 0.1), (True, 0.0)])
+def test_fused_lora_matches_peft_loss_and_gradients(dora, dropout):
+    plain, fused = _pair(dora=dora, lora_dropout=dropout)
+    assert sum(isinstance(m, FusedLoraForward) for m in fused.modules()) == 2 * 7  # every adapted linear
+    _assert_same_training(plain, fused)
+    with torch.no_grad(), _CountAddmm() as counted:
+        fused(**_batch())
+    assert counted.calls == 2 * 7  # the fused forward ran in every adapted linear (no fallback to peft's)
+
+
+def test_fused_dora_scales_the_sum_not_the_bias():
+    """Qwen's q, k and v projections have a bias, which DoRA leaves unscaled: with a large bias and a magnitude far
+    from the norm, an output that scaled the bias would differ from peft's."""
+    plain, fused = _pair(dora=True)
+    with torch.no_grad():
+        for model in (plain, fused):
+            torch.manual_seed(3)
+            for name, p in model.named_parameters():
+                if name.endswith("q_proj.base_layer.bias"):
+                    p.normal_(0, 5.0)
+                if "lora_magnitude_vector" in name:
+                    p.mul_(1.7)
+    _assert_same_training(plain, fused, steps=1, atol=1e-5)
+
+
+def test_fused_lora_falls_back_to_peft_with_dora_dropout_and_when_merged():
+    """DoRA with dropout (peft adds a base matmul of the dropped-out input) and a merged adapter run peft's forward
+    unchanged."""
+    plain, fused = _pair(dora=True, lora_dropout=0.1)
+    _assert_same_training(plain, fused)
+    plain, fused = _pair()
+    for m in (plain, fused):
+        m.eval()
+    with torch.no_grad():
+        expected = plain(**_batch()).logits
+        fused.merge_adapter()
+        torch.testing.assert_close(fused(**_batch()).logits, expected, atol=1e-5, rtol=1e-5)
+        fused.unmerge_adapter()
+        torch.testing.assert_close(fused(**_batch()).logits, expected, atol=1e-6, rtol=1e-5)
+        with plain.disable_adapter():
+            base = plain(**_batch()).logits
+        with fused.disable_adapter():
+            torch.testing.assert_close(fused(**_batch()).logits, base)
+        assert not torch.allclose(base, expected)
+
+
+def test_fused_lora_saves_and_merges_as_peft(tmp_path):
+    """The class swap is invisible to peft: the saved adapter equals peft's, and merge_and_unload leaves plain
+    linears computing what the fused forward computed."""
+    plain, fused = _pair(dora=True)
+    fused.eval()
+    with torch.no_grad():
+        logits = fused(**_batch()).logits
+    fused.save_pretrained(tmp_path / "fused")
+    plain.save_pretrained(tmp_path / "plain")
+    from safetensors.torch import load_file
+    saved, expected = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("fused", "plain"))
+    assert saved.keys() == expected.keys()
+    for key in saved:
+        torch.testing.assert_close(saved[key], expected[key])
+    merged = fused.merge_and_unload()
+    assert not any(isinstance(m, FusedLoraForward) for m in merged.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**_batch()).logits, logits, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_compiled_fused_lora_matches_eager_peft(dora):
+    """Under compile_layers (CPU inductor), with activation checkpointing: peft's eager loss and gradients."""
+    torch._dynamo.reset()
+    plain, fused = _pair(dora=dora)
+    compile_layers(fused, SimpleNamespace(compile_layers=True))
+    for m in (plain, fused):
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _assert_same_training(plain, fused, steps=2, atol=1e-5)
+
+
+def test_fused_lora_needs_lora_and_with_dora_the_factored_norm():
+    from train_args.base import TrainArgs
+    with pytest.raises(ValueError, match="fused_lora: needs train_mode lora or qlora"):
+        TrainArgs(output_dir="unused", fused_lora=True, train_mode="full", report_to="none")
+    with pytest.raises(ValueError, match="fused_lora: with use_dora reads the factored norm"):
+        TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, report_to="none")
+    copy.copy(TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True,
+                        report_to="none"))
