@@ -154,7 +154,9 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_dora_graphs_factored", "dojo_dora_graphs_nockpt", "dojo_full_graphs",
                                  "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs",
                                  "dojo_lora_graphs_budget40", "dojo_lora7b_graphs_budget70",
-                                 "dojo_qlora7b_graphs_compiled")},
+                                 "dojo_qlora7b_graphs_compiled", "dojo_lora_graphs_fused", "dojo_dora_graphs_fused",
+                                 "dojo_lora_graphs_cap2048_fused", "dojo_qlora7b_graphs_compiled_fused",
+                                 "dojo_full_graphs_budget60")},
 }
 
 
