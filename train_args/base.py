@@ -334,6 +334,9 @@ FIELD_RULES = (
     ("fused_lora", lambda a: not a.fused_lora or _lora(a), "needs train_mode lora or qlora"),
     ("fused_lora", lambda a: not (a.fused_lora and a.use_dora) or a.factored_dora_norm,
      "with use_dora reads the factored norm: set factored_dora_norm true as well"),
+    ("fused_lora", lambda a: not (a.fused_lora and a.use_dora) or a.lora_dropout == 0,
+     "with use_dora needs lora_dropout 0 (DoRA with dropout adds a base matmul of the dropped-out input, which the "
+     "fused form has no place for; LoRA takes dropout)"),
     ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
     ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
     ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),

@@ -2,7 +2,6 @@
 and compiled, and falls back to peft's forward where it does not apply."""
 from __future__ import annotations
 
-import copy
 from types import SimpleNamespace
 
 import pytest
@@ -152,5 +151,9 @@ def test_fused_lora_needs_lora_and_with_dora_the_factored_norm():
         TrainArgs(output_dir="unused", fused_lora=True, train_mode="full", report_to="none")
     with pytest.raises(ValueError, match="fused_lora: with use_dora reads the factored norm"):
         TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, report_to="none")
-    copy.copy(TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True,
-                        report_to="none"))
+    with pytest.raises(ValueError, match="fused_lora: with use_dora needs lora_dropout 0"):
+        TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True, lora_dropout=0.05,
+                  report_to="none")
+    TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True, lora_dropout=0.0,
+              report_to="none")
+    TrainArgs(output_dir="unused", fused_lora=True, lora_dropout=0.05, report_to="none")  # LoRA takes dropout
