@@ -51,6 +51,30 @@ def tiny_qwen2():
     return transformers.Qwen2ForCausalLM(config).float()
 
 
+def packed_batch(seed: int = 0, lengths=(7, 19, 12)) -> dict:
+    """Random samples for tiny_qwen2 (ids below 128, the first third of each masked), packed into one padding-free
+    row."""
+    import torch
+
+    from utils.collators import PaddingFreeCollator
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for n in lengths:
+        ids = torch.randint(3, 128, (n,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
+    return PaddingFreeCollator()(feats)
+
+
+def loss_and_grads(model, batch, seed: int = 0):
+    """One forward + backward: the loss and every gradient, by parameter name. seed: the dropout masks."""
+    import torch
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     cache = {}

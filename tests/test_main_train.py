@@ -10,6 +10,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig, G
 
 import main_train
 from tests.conftest import FAMILIES, train_argv
+from utils.dora import FactoredNormDora
+from utils.fused_lora import FusedLoraForward
 from utils.save import ADAPTER_FILE
 
 METHODS = {"full": ["--train_mode", "full"], "lora": ["--train_mode", "lora"],
@@ -82,37 +84,25 @@ def test_family_method_trains_saves_and_reloads(family, method, tiny_model, toy_
     assert json.loads((out / "step_plan.json").read_text())["collator"] in ("plain", "padding_free")
 
 
+DORA = ("--use_dora", "true", "--factored_dora_norm", "true")
+FUSED = ("--fused_lora", "true", "--lora_dropout", "0")
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_factored_dora_norm_trains_and_reloads_as_plain_peft_dora(method, tiny_model, toy_data, tmp_path):
-    """The factored norm is a forward of our own: what it trained, peft's own DoRA forward reproduces on reload."""
+@pytest.mark.parametrize("flags,swapped", [(DORA, FactoredNormDora), (FUSED, FusedLoraForward),
+                                           (DORA + FUSED, FusedLoraForward)])
+def test_our_adapter_forwards_train_and_reload_as_plain_peft(method, flags, swapped, tiny_model, toy_data, tmp_path):
+    """factored_dora_norm and fused_lora are forwards of our own (on a 4-bit base too): what they trained, peft's
+    own forward reproduces on reload."""
     model_dir, out = tiny_model("qwen"), tmp_path / "out"
     trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", "qwen", "--train_mode", method,
-                                         "--use_dora", "true", "--factored_dora_norm", "true"))
-    from utils.dora import FactoredNormDora
-    assert any(isinstance(m, FactoredNormDora) for m in trainer.model.modules())
+                                         *flags))
+    assert any(isinstance(m, swapped) for m in trainer.model.modules())
     ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
     with torch.no_grad():
         trained = eval_mode(trainer.model)(input_ids=ids).logits
         reloaded = eval_mode(reload(out, model_dir, method))
-        assert not any(isinstance(m, FactoredNormDora) for m in reloaded.modules())
-        torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("method,dora", [("lora", False), ("qlora", False), ("lora", True), ("qlora", True)])
-def test_fused_lora_trains_and_reloads_as_plain_peft(method, dora, tiny_model, toy_data, tmp_path):
-    """fused_lora changes only the forward: what it trained (LoRA, or DoRA on the factored norm; a 4-bit base
-    too), peft's own forward reproduces on reload."""
-    model_dir, out = tiny_model("qwen"), tmp_path / "out"
-    dora_flags = ("--use_dora", "true", "--factored_dora_norm", "true") if dora else ()
-    trainer = main_train.main(train_argv(model_dir, toy_data, out, "--template_name", "qwen", "--train_mode", method,
-                                         "--fused_lora", "true", "--lora_dropout", "0", *dora_flags))
-    from utils.fused_lora import FusedLoraForward
-    assert any(isinstance(m, FusedLoraForward) for m in trainer.model.modules())
-    ids = torch.tensor([trainer.train_dataset[0]["input_ids"]])
-    with torch.no_grad():
-        trained = eval_mode(trainer.model)(input_ids=ids).logits
-        reloaded = eval_mode(reload(out, model_dir, method))
-        assert not any(isinstance(m, FusedLoraForward) for m in reloaded.modules())
+        assert not any(isinstance(m, swapped) for m in reloaded.modules())
         torch.testing.assert_close(reloaded(input_ids=ids).logits, trained, atol=1e-5, rtol=1e-5)
 
 

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import tiny_qwen2
+from tests.conftest import loss_and_grads, packed_batch, tiny_qwen2
 from utils.model import apply_peft, compile_layers
-from utils.collators import PaddingFreeCollator
 
 
 def _args(**kw):
@@ -17,22 +16,6 @@ def _args(**kw):
                 use_dora=False, factored_dora_norm=False, use_rslora=False, init_lora_weights="gaussian",
                 compile_layers=False, activation_checkpointing=True, train_new_tokens=False)
     return SimpleNamespace(**{**base, **kw})
-
-
-def _batch(lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    feats = []
-    for n in lengths:
-        ids = torch.randint(3, 128, (n,), generator=g).tolist()
-        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
-    return PaddingFreeCollator()(feats)
-
-
-def _loss_and_grads(model, batch):
-    model.zero_grad()
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("train_mode,use_dora,checkpointing,factored", [
@@ -49,9 +32,9 @@ def test_compiled_layers_match_eager_loss_and_gradients(train_mode, use_dora, ch
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
     for step, lengths in enumerate([[7, 19, 12], [30, 5], [11, 11, 11, 3]]):  # a new total length every step
-        batch = _batch(lengths, seed=step)
-        ref_loss, ref_grads = _loss_and_grads(eager, batch)
-        loss, grads = _loss_and_grads(compiled, batch)
+        batch = packed_batch(step, lengths)
+        ref_loss, ref_grads = loss_and_grads(eager, batch)
+        loss, grads = loss_and_grads(compiled, batch)
         torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
         assert grads.keys() == ref_grads.keys() and grads
         for name, grad in ref_grads.items():
@@ -65,7 +48,7 @@ def test_layers_compile_once_for_every_sequence_length_and_layer():
     model = compile_layers(apply_peft(tiny_qwen2(), _args()), _args(compile_layers=True))
     model.train()
     for step, lengths in enumerate([[7, 19, 12], [30, 5], [50, 9]]):
-        _loss_and_grads(model, _batch(lengths, seed=step))
+        loss_and_grads(model, packed_batch(step, lengths))
     # At most two graphs for every layer and every length: layer 0's input (the frozen embedding's output) does not
     # require grad, the other layers' inputs do. No graph per layer, no graph per sequence length.
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
@@ -91,7 +74,7 @@ def test_compiled_layers_under_checkpointing_keep_no_more_than_eager_checkpointi
     torch._dynamo.reset()
     eager = apply_peft(tiny_qwen2(), _args())
     compiled = compile_layers(copy.deepcopy(eager), _args(compile_layers=True))
-    batch = _batch([40, 24, 60], seed=0)
+    batch = packed_batch(0, [40, 24, 60])
     for m in (eager, compiled):
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()

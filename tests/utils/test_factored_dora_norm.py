@@ -8,10 +8,9 @@ import pytest
 import torch
 from peft.tuners.lora.dora import DoraLinearLayer
 
-from tests.conftest import tiny_qwen2
+from tests.conftest import loss_and_grads, packed_batch, tiny_qwen2
 from utils.dora import FactoredNormDora, factored_row_norm
 from utils.model import apply_peft
-from utils.collators import PaddingFreeCollator
 
 
 def _args(**kw):
@@ -19,23 +18,6 @@ def _args(**kw):
                 use_dora=True, factored_dora_norm=False, use_rslora=False, init_lora_weights=False,
                 train_new_tokens=False)
     return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
-
-
-def _batch(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    feats = []
-    for n in (7, 19, 12):
-        ids = torch.randint(3, 128, (n,), generator=g).tolist()
-        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
-    return PaddingFreeCollator()(feats)
-
-
-def _loss_and_grads(model, batch, seed=0):
-    model.zero_grad()
-    torch.manual_seed(seed)  # the same dropout masks in both models
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
@@ -58,8 +40,8 @@ def test_factored_dora_norm_matches_peft_loss_and_gradients(dropout):
     for m in (plain, fast):
         m.train()
     for step in range(2):
-        ref_loss, ref_grads = _loss_and_grads(plain, _batch(step), seed=step)
-        loss, grads = _loss_and_grads(fast, _batch(step), seed=step)
+        ref_loss, ref_grads = loss_and_grads(plain, packed_batch(step), seed=step)
+        loss, grads = loss_and_grads(fast, packed_batch(step), seed=step)
         torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
         assert grads.keys() == ref_grads.keys() and any("magnitude" in k for k in grads)
         for name, grad in ref_grads.items():
@@ -80,7 +62,7 @@ def test_factored_dora_norm_follows_adapter_updates_and_merges_like_peft():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.add_(torch.randn_like(p))  # what an optimizer step does to B
-    batch = _batch()
+    batch = packed_batch()
     fast.eval()
     plain.eval()
     with torch.no_grad():
@@ -109,8 +91,8 @@ def test_factored_dora_norm_is_computed_once_per_forward_not_again_in_the_recomp
     calls = []
     compute = utils.dora.factored_row_norm
     monkeypatch.setattr(utils.dora, "factored_row_norm", lambda *a: calls.append(1) or compute(*a))
-    ref_loss, ref_grads = _loss_and_grads(plain, _batch())
-    loss, grads = _loss_and_grads(fast, _batch())
+    ref_loss, ref_grads = loss_and_grads(plain, packed_batch())
+    loss, grads = loss_and_grads(fast, packed_batch())
     assert len(calls) == 2 * 7  # one per adapted linear of the two layers, for forward and recompute together
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-5)
     for name, grad in ref_grads.items():
@@ -130,7 +112,7 @@ def test_dora_outside_the_decoder_stack_computes_its_own_norm():
         if isinstance(m, FactoredNormDora):
             m.__class__ = DoraLinearLayer
     with torch.no_grad():
-        torch.testing.assert_close(model(**_batch()).logits, plain(**_batch()).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(**packed_batch()).logits, plain(**packed_batch()).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_a_deep_copy_refreshes_its_own_norms():
@@ -141,11 +123,11 @@ def test_a_deep_copy_refreshes_its_own_norms():
         for name, p in copied.named_parameters():
             if "lora_B" in name:
                 p.add_(1.0)  # the copy's adapters differ from the original's
-        expected = copied(**_batch()).logits
+        expected = copied(**packed_batch()).logits
         for m in copied.modules():
             if isinstance(m, FactoredNormDora):
                 m.__class__ = DoraLinearLayer
-        torch.testing.assert_close(expected, copied(**_batch()).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(expected, copied(**packed_batch()).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_compiled_norm_refresh_is_one_graph_for_every_layer():
@@ -158,7 +140,7 @@ def test_compiled_norm_refresh_is_one_graph_for_every_layer():
     model = apply_peft(tiny_qwen2(), _args(factored_dora_norm=True))
     compile_layers(model, SimpleNamespace(compile_layers=True))
     with torch.no_grad():
-        model(**_batch())
+        model(**packed_batch())
     assert len(_debug_get_cache_entry_list(utils.dora._row_norms_into.__code__)) == 1
     switched = [m for m in model.modules() if isinstance(m, FactoredNormDora)]
     for module in model.modules():

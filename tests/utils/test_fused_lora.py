@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import tiny_qwen2
-from utils.collators import PaddingFreeCollator
+from tests.conftest import loss_and_grads, packed_batch, tiny_qwen2
 from utils.fused_lora import FusedLoraForward
 from utils.model import apply_peft, compile_layers
 
@@ -18,23 +17,6 @@ def _args(**kw):
                 use_dora=False, factored_dora_norm=False, fused_lora=False, use_rslora=False,
                 init_lora_weights=False, train_new_tokens=False, compile_layers=False)
     return SimpleNamespace(**{**base, **kw})  # init_lora_weights False: B random, so s·BA is not zero
-
-
-def _batch(seed=0, lengths=(7, 19, 12)):
-    g = torch.Generator().manual_seed(seed)
-    feats = []
-    for n in lengths:
-        ids = torch.randint(3, 128, (n,), generator=g).tolist()
-        feats.append({"input_ids": ids, "labels": [-100] * (n // 3) + ids[n // 3:]})
-    return PaddingFreeCollator()(feats)
-
-
-def _loss_and_grads(model, batch, seed=0):
-    model.zero_grad()
-    torch.manual_seed(seed)  # the same dropout masks in both models
-    loss = model(**batch).loss
-    loss.backward()
-    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 def _pair(**kw):
@@ -50,8 +32,8 @@ def _assert_same_training(plain, fused, steps=2, atol=1e-6):
     for m in (plain, fused):
         m.train()
     for step in range(steps):
-        ref_loss, ref_grads = _loss_and_grads(plain, _batch(step), seed=step)
-        loss, grads = _loss_and_grads(fused, _batch(step), seed=step)
+        ref_loss, ref_grads = loss_and_grads(plain, packed_batch(step), seed=step)
+        loss, grads = loss_and_grads(fused, packed_batch(step), seed=step)
         torch.testing.assert_close(loss, ref_loss, atol=atol, rtol=1e-5)
         assert grads.keys() == ref_grads.keys() and grads
         for name, grad in ref_grads.items():
@@ -74,7 +56,7 @@ def test_fused_lora_matches_peft_loss_and_gradients(dora, dropout):
     assert sum(isinstance(m, FusedLoraForward) for m in fused.modules()) == 2 * 7  # every adapted linear
     _assert_same_training(plain, fused)
     with torch.no_grad(), _CountAddmm() as counted:
-        fused(**_batch())
+        fused(**packed_batch())
     assert counted.calls == 2 * 7  # the fused forward ran in every adapted linear (no fallback to peft's)
 
 
@@ -102,15 +84,15 @@ def test_fused_lora_falls_back_to_peft_with_dora_dropout_and_when_merged():
     for m in (plain, fused):
         m.eval()
     with torch.no_grad():
-        expected = plain(**_batch()).logits
+        expected = plain(**packed_batch()).logits
         fused.merge_adapter()
-        torch.testing.assert_close(fused(**_batch()).logits, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused(**packed_batch()).logits, expected, atol=1e-5, rtol=1e-5)
         fused.unmerge_adapter()
-        torch.testing.assert_close(fused(**_batch()).logits, expected, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(fused(**packed_batch()).logits, expected, atol=1e-6, rtol=1e-5)
         with plain.disable_adapter():
-            base = plain(**_batch()).logits
+            base = plain(**packed_batch()).logits
         with fused.disable_adapter():
-            torch.testing.assert_close(fused(**_batch()).logits, base)
+            torch.testing.assert_close(fused(**packed_batch()).logits, base)
         assert not torch.allclose(base, expected)
 
 
@@ -120,7 +102,7 @@ def test_fused_lora_saves_and_merges_as_peft(tmp_path):
     plain, fused = _pair(dora=True)
     fused.eval()
     with torch.no_grad():
-        logits = fused(**_batch()).logits
+        logits = fused(**packed_batch()).logits
     fused.save_pretrained(tmp_path / "fused")
     plain.save_pretrained(tmp_path / "plain")
     from safetensors.torch import load_file
@@ -131,7 +113,7 @@ def test_fused_lora_saves_and_merges_as_peft(tmp_path):
     merged = fused.merge_and_unload()
     assert not any(isinstance(m, FusedLoraForward) for m in merged.modules())
     with torch.no_grad():
-        torch.testing.assert_close(merged(**_batch()).logits, logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged(**packed_batch()).logits, logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dora", [False, True])
