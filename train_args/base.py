@@ -112,8 +112,8 @@ class TrainArgs(TrainingArguments):
     fused_lora: bool = field(default=False, metadata=_help(
         "Less peak memory for LoRA and DoRA at a small cost in speed (bench/README.md has both): the adapter's "
         "output is added to the base output by the B matmul itself (one addmm), so the backward keeps their sum "
-        "where it kept both parts; with DoRA (needs factored_dora_norm) the scale applies once to the sum. Same "
-        "function and gradients (utils/fused_lora.py)."))
+        "where it kept both parts; with DoRA (needs factored_dora_norm true and lora_dropout 0) the scale applies "
+        "once to the sum. Same function and gradients (utils/fused_lora.py)."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))
@@ -332,11 +332,11 @@ FIELD_RULES = (
     ("factored_dora_norm", lambda a: not a.factored_dora_norm or a.use_dora,
      "is a DoRA fast path: set use_dora true as well"),
     ("fused_lora", lambda a: not a.fused_lora or _lora(a), "needs train_mode lora or qlora"),
-    ("fused_lora", lambda a: not (a.fused_lora and a.use_dora) or a.factored_dora_norm,
-     "with use_dora reads the factored norm: set factored_dora_norm true as well"),
-    ("fused_lora", lambda a: not (a.fused_lora and a.use_dora) or a.lora_dropout == 0,
-     "with use_dora needs lora_dropout 0 (DoRA with dropout adds a base matmul of the dropped-out input, which the "
-     "fused form has no place for; LoRA takes dropout)"),
+    ("factored_dora_norm", lambda a: not (a.fused_lora and a.use_dora) or a.factored_dora_norm,
+     "must be true with fused_lora and use_dora (the fused DoRA form reads the factored norm)"),
+    ("lora_dropout", lambda a: not (a.fused_lora and a.use_dora) or a.lora_dropout == 0,
+     "must be 0 with fused_lora and use_dora (DoRA with dropout adds a base matmul of the dropped-out input, which "
+     "the fused form has no place for; LoRA alone takes dropout)"),
     ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
     ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
     ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),

@@ -145,6 +145,11 @@ def switch_problems(args, world_size: int | None = None) -> list[str]:
     return found
 
 
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 # --- the plan ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Derived:
@@ -175,7 +180,10 @@ class StepPlan:
             ", varlen boundaries" if self.varlen else "") + (
             f", pieces of <= {self.max_tokens} tokens" if self.max_tokens else "")
         derived = "; ".join(f"{d.field} {d.value!r} ({d.reason})" for d in self.derived) or "none"
-        return (f"collator {collator}; loss backend {self.loss_backend}; step runner {self.step_runner}; "
+        runner = self.step_runner
+        if runner == "cuda_graph" and not _cuda_available():  # the plan is the config's; say what runs here
+            runner += " (no CUDA device here: each micro-batch runs the plain step, with the same losses)"
+        return (f"collator {collator}; loss backend {self.loss_backend}; step runner {runner}; "
                 f"derived Trainer settings: {derived}")
 
     def to_dict(self) -> dict:

@@ -131,9 +131,9 @@ def test_fused_lora_needs_lora_and_with_dora_the_factored_norm():
     from train_args.base import TrainArgs
     with pytest.raises(ValueError, match="fused_lora: needs train_mode lora or qlora"):
         TrainArgs(output_dir="unused", fused_lora=True, train_mode="full", report_to="none")
-    with pytest.raises(ValueError, match="fused_lora: with use_dora reads the factored norm"):
+    with pytest.raises(ValueError, match="factored_dora_norm: must be true with fused_lora and use_dora"):
         TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, report_to="none")
-    with pytest.raises(ValueError, match="fused_lora: with use_dora needs lora_dropout 0"):
+    with pytest.raises(ValueError, match="lora_dropout: must be 0 with fused_lora and use_dora"):
         TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True, lora_dropout=0.05,
                   report_to="none")
     TrainArgs(output_dir="unused", fused_lora=True, use_dora=True, factored_dora_norm=True, lora_dropout=0.0,

@@ -81,6 +81,14 @@ def test_capabilities_match_what_the_model_config_declares(model_type):
     assert bool(refused) == (caps.aux_loss == "causal_lm")
 
 
+def test_the_plan_line_says_when_cuda_graphs_fall_back_to_the_plain_step():
+    """The plan is the config's (a --dry_run on a laptop plans the GPU run), but the line a run logs says what runs
+    on this machine: without CUDA the graphed step is the Trainer's plain step."""
+    line = build_plan(_args(**FAST), _qwen2()).describe()
+    assert "step runner cuda_graph" in line
+    assert ("no CUDA device here" in line) == (not torch.cuda.is_available())
+
+
 def test_cuda_graph_settings_are_derived_for_the_trainer_and_not_written_back():
     args = _args(**FAST)
     plan = build_plan(args, _qwen2())
