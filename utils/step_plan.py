@@ -178,7 +178,9 @@ class StepPlan:
         """The one line a run logs."""
         collator = self.collator + (f" ({self.bucket} tokens)" if self.bucket else "") + (
             ", varlen boundaries" if self.varlen else "") + (
-            f", pieces of <= {self.max_tokens} tokens" if self.max_tokens else "")
+            f", pieces of <= {self.max_tokens} tokens" if self.max_tokens else "") + (
+            f" (each padded to a multiple of {self.bucket})" if self.max_tokens and self.bucket
+            and self.max_tokens % self.bucket else "")
         derived = "; ".join(f"{d.field} {d.value!r} ({d.reason})" for d in self.derived) or "none"
         runner = self.step_runner
         if runner == "cuda_graph" and not _cuda_available():  # the plan is the config's; say what runs here

@@ -89,6 +89,13 @@ def test_the_plan_line_says_when_cuda_graphs_fall_back_to_the_plain_step():
     assert ("no CUDA device here" in line) == (not torch.cuda.is_available())
 
 
+def test_the_plan_line_says_pieces_are_padded_to_the_graph_bucket():
+    """With cuda_graphs a piece is padded up to a multiple of the bucket: a cap that is not one says so."""
+    assert "pieces of <= 64 tokens (each padded to a multiple of 512)" in build_plan(
+        _args(**FAST, micro_batch_max_tokens=64), _qwen2()).describe()
+    assert "padded" not in build_plan(_args(**FAST, micro_batch_max_tokens=1024), _qwen2()).describe()
+
+
 def test_cuda_graph_settings_are_derived_for_the_trainer_and_not_written_back():
     args = _args(**FAST)
     plan = build_plan(args, _qwen2())
