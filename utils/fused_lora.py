@@ -38,9 +38,9 @@ class FusedLoraForward:
         lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
         scaling = self.scaling[adapter]
         dora = self.lora_magnitude_vector[adapter] if adapter in self.lora_magnitude_vector else None
-        result = self.base_layer(x, *args, **kwargs)
-        bias = getattr(self.get_base_layer(), "bias", None)
-        if dora is not None and bias is not None:
+        result = self.base_layer(x)
+        bias = getattr(self.get_base_layer(), "bias", None) if dora is not None else None
+        if bias is not None:
             result = result - bias  # DoRA scales W x, not the bias
         h = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_a.weight.dtype)))
         dtype = result.dtype
@@ -71,11 +71,9 @@ class FusedLoraForward:
 _FUSED_CLASSES: dict[type, type] = {}
 
 
-def use_fused_lora(model) -> int:
-    """Switch every peft LoRA layer with a fusable forward (a plain lora.Linear or a 4-bit one) to FusedLoraForward;
-    returns how many were switched. The class is swapped in place, so isinstance checks, state dicts, merging and
-    saving see peft's layer."""
-    switched = 0
+def use_fused_lora(model) -> None:
+    """Switch every peft LoRA layer with a fusable forward (a plain lora.Linear or a 4-bit one) to FusedLoraForward.
+    The class is swapped in place, so isinstance checks, state dicts, merging and saving see peft's layer."""
     for module in model.modules():
         cls = type(module)
         if not isinstance(module, LoraLayer) or isinstance(module, FusedLoraForward) or not _is_linear(module):
@@ -83,8 +81,6 @@ def use_fused_lora(model) -> int:
         if cls not in _FUSED_CLASSES:
             _FUSED_CLASSES[cls] = type("Fused" + cls.__name__, (FusedLoraForward, cls), {})
         module.__class__ = _FUSED_CLASSES[cls]
-        switched += 1
-    return switched
 
 
 def _is_linear(module) -> bool:

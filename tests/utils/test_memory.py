@@ -179,8 +179,7 @@ def test_fused_dora_keeps_only_the_sum_of_base_and_adapter():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (inductor's GPU partition)")
 def test_compiled_fused_dora_keeps_no_more_than_the_estimate_on_gpu():
     """Compiled, at Qwen2.5-0.5B's layer width, the partitioner keeps less than eager autograd (SiLU's inputs are
-    recomputed from z instead of kept beside it): the eager figure bounds it. (A run on an H200 found it away from
-    2 +- 0.4; the bound is what the estimate needs.)"""
+    recomputed from z instead of kept beside it): the eager figure bounds it, which is what the estimate needs."""
     from utils.memory import FUSED_DORA_KEPT_BYTES
     kept = _dora_bytes_over_lora(True, compiled=True, device="cuda", fused=True, hidden=896, inter=4864, heads=14)
     print(f"fused DoRA, compiled: {kept:.2f} bytes per output feature and token over LoRA")
