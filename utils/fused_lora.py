@@ -12,9 +12,11 @@ peft computes it as (g - 1) ⊙ (W x) + g ⊙ s · B A x added to W x + bias, an
 backward. Here the sum z = W x + s · B A x is one addmm and the scale one elementwise op after it; the backward keeps
 z alone (g's gradient is the column sum of dy ⊙ z) and hands dy ⊙ g to both matmuls.
 
-Why it is not faster: an out-of-place addmm first copies W x into its output (cuBLAS then adds into it), and that
-copy costs about what the elementwise work saved gains back. So this trades a little speed for peak memory; the
-profiles and figures are in bench/README.md (2026-12-07, fourteenth session). Same function and gradients as peft's
+In place: the sum is written into W x's own buffer (cuBLAS adds into it with beta 1). An out-of-place addmm first
+copies W x into a new output, and that copy cost about what the saved elementwise work gained back (bench/README.md,
+2026-12-07, fourteenth session). Compiled layers keep it in place because the add is a custom op that mutates its
+input (dojo::add_lora_): inductor runs such an op on the input's buffer when nothing else reads it, where it
+rewrites an in-place addmm_ into a copy and an addmm. Same function and gradients as peft's
 (tests/utils/test_fused_lora.py), rounded differently: the sum is rounded once instead of each part.
 
 Only the forward changes; a module that is merged, has adapters disabled, mixes adapters in one batch, runs several
@@ -28,6 +30,30 @@ from peft.tuners.lora.layer import LoraLayer
 from utils.dora import FactoredNormDora
 
 
+@torch.library.custom_op("dojo::add_lora_", mutates_args=("out",))
+def add_lora_(out: torch.Tensor, h: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+    """out += scaling · h bᵀ, in out's memory."""
+    out.addmm_(h, b.t(), alpha=scaling)
+
+
+class AddLoraInPlace(torch.autograd.Function):
+    """z = base + s · h Bᵀ, written into base (which no backward reads: the base layer's backward needs its input
+    and weight, not its output). The gradient passes to base unchanged; h and B get s · (dz B) and s · (dzᵀ h)."""
+
+    @staticmethod
+    def forward(ctx, base, h, b, scaling):
+        add_lora_(base, h, b, scaling)
+        ctx.mark_dirty(base)
+        ctx.save_for_backward(h, b)
+        ctx.scaling = scaling
+        return base
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, b = ctx.saved_tensors
+        return grad, torch.mm(grad, b).mul_(ctx.scaling), torch.mm(grad.t(), h).mul_(ctx.scaling), None
+
+
 class FusedLoraForward:
     """Mixed in before a peft LoRA layer class (lora.Linear, bitsandbytes' Linear4bit): the forward above."""
 
@@ -38,18 +64,18 @@ class FusedLoraForward:
         lora_a, lora_b = self.lora_A[adapter], self.lora_B[adapter]
         scaling = self.scaling[adapter]
         dora = self.lora_magnitude_vector[adapter] if adapter in self.lora_magnitude_vector else None
-        result = self.base_layer(x)
+        rows = x.reshape(-1, x.shape[-1])  # 2-D, so that the base output written into is no view
+        result = self.base_layer(rows)
         bias = getattr(self.get_base_layer(), "bias", None) if dora is not None else None
         if bias is not None:
             result = result - bias  # DoRA scales W x, not the bias
-        h = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_a.weight.dtype)))
+        h = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(rows, lora_a.weight.dtype)))
         dtype = result.dtype
-        z = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]).to(dtype),
-                        lora_b.weight.t().to(dtype), alpha=scaling).view(result.shape)
-        if dora is None:
-            return z
-        y = z * dora.scale(x.dtype, lora_a.weight, lora_b.weight, scaling, self.get_base_layer())
-        return (y if bias is None else y + bias).to(dtype)
+        z = AddLoraInPlace.apply(result, h.to(dtype), lora_b.weight.to(dtype), scaling)
+        if dora is not None:
+            z = z * dora.scale(x.dtype, lora_a.weight, lora_b.weight, scaling, self.get_base_layer())
+            z = (z if bias is None else z + bias).to(dtype)
+        return z.view(*x.shape[:-1], z.shape[-1])
 
     def _fusable_adapter(self, args, kwargs) -> str | None:
         """The one active adapter when this forward is the plain single-adapter case, else None (peft's forward)."""

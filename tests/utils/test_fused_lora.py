@@ -2,10 +2,13 @@
 and compiled, and falls back to peft's forward where it does not apply."""
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch._inductor.utils import run_and_get_code
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import loss_and_grads, packed_batch, tiny_qwen2
 from utils.fused_lora import FusedLoraForward
@@ -40,13 +43,13 @@ def _assert_same_training(plain, fused, steps=2, atol=1e-6):
             torch.testing.assert_close(grads[name], grad, atol=atol, rtol=1e-4, msg=name)
 
 
-class _CountAddmm(torch.overrides.TorchFunctionMode):
+class _CountInPlaceAdds(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.calls = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.calls += func is torch.addmm
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += func is torch.ops.dojo.add_lora_.default
         return func(*args, **(kwargs or {}))
 
 
@@ -55,7 +58,7 @@ def test_fused_lora_matches_peft_loss_and_gradients(dora, dropout):
     plain, fused = _pair(dora=dora, lora_dropout=dropout)
     assert sum(isinstance(m, FusedLoraForward) for m in fused.modules()) == 2 * 7  # every adapted linear
     _assert_same_training(plain, fused)
-    with torch.no_grad(), _CountAddmm() as counted:
+    with torch.no_grad(), _CountInPlaceAdds() as counted:
         fused(**packed_batch())
     assert counted.calls == 2 * 7  # the fused forward ran in every adapted linear (no fallback to peft's)
 
@@ -125,6 +128,21 @@ def test_compiled_fused_lora_matches_eager_peft(dora):
     for m in (plain, fused):
         m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _assert_same_training(plain, fused, steps=2, atol=1e-5)
+
+
+def test_compiled_fused_lora_adds_into_the_base_output_without_a_copy():
+    """What the custom op is for: inductor rewrites an in-place addmm_ as a copy of the base output and an addmm;
+    dojo::add_lora_ runs on the buffer the base matmul wrote, with no copy in between."""
+    torch._dynamo.reset()
+    _, fused = _pair()
+    compile_layers(fused, SimpleNamespace(compile_layers=True))
+    fused.train()
+    _, codes = run_and_get_code(lambda: loss_and_grads(fused, packed_batch(0), seed=0))
+    forward = next(code for code in codes if "add_lora_" in code)
+    adds = re.findall(r"torch\.ops\.dojo\.add_lora_\.default\((buf\d+),", forward)
+    assert len(adds) == 7  # every adapted linear of the layer
+    for buf in adds:
+        assert re.search(rf"extern_kernels\.(?:mm|addmm)\([^\n]*out={buf}\)", forward), f"{buf} is not the base matmul's output"
 
 
 def test_fused_lora_needs_lora_and_with_dora_the_factored_norm():
