@@ -139,6 +139,21 @@ def test_dpo_with_compiled_layers_trains_like_eager(fast, tiny_model, tmp_path):
     assert len(set(losses["false"])) > 1  # it trained
 
 
+def test_dpo_offloads_checkpoint_inputs_and_trains_like_plain_checkpointing(tiny_model, tmp_path):
+    """offload_checkpoints serves preference runs too: the checkpointing layers offload their inputs (on a CPU the
+    hooks leave them in place) and the losses are the plain checkpointing's."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    data, losses = write_jsonl(tmp_path / "d.jsonl", PAIRS), {}
+    for offload in ("false", "true"):
+        trainer = main_train.main(pref_argv(tiny_model("phi3"), data, tmp_path / offload, "--stage", "dpo",
+                                            "--max_steps", "3", "--offload_checkpoints", offload))
+        losses[offload] = [h["loss"] for h in trainer.state.log_history if "loss" in h and "train_loss" not in h]
+        layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        assert layers and all(getattr(m._gradient_checkpointing_func, "offloads_inputs", False) == (offload == "true")
+                              for m in layers)
+    assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
+
+
 def test_dpo_on_lora_holds_no_second_model_copy(tiny_model, tmp_path):
     """The reference is the adapter switched off: every parameter the trainer can reach is the policy's own."""
     out = tmp_path / "out"

@@ -193,6 +193,11 @@ class TrainArgs(TrainingArguments):
                        "every_n_layers N (transformers): checkpoint layers 0, N, 2N, ... only; the others keep their "
                        "activations, a faster backward for more memory (bench/README.md has the measured trade; "
                        "--dry_run predicts the memory)."))
+    offload_checkpoints: bool = field(default=False, metadata=_help(
+        "Keep each checkpointed layer's input in pinned host memory from its forward to its backward (unsloth's "
+        "offloaded checkpointing): frees layers x tokens x hidden x 2 bytes of GPU memory (--dry_run counts it) for "
+        "a copy out and a copy back per layer, queued without waiting (utils/offload.py). Needs "
+        "activation_checkpointing; not with cuda_graphs yet."))
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(
@@ -337,6 +342,11 @@ FIELD_RULES = (
     ("lora_dropout", lambda a: not (a.fused_lora and a.use_dora) or a.lora_dropout == 0,
      "must be 0 with fused_lora and use_dora (DoRA with dropout adds a base matmul of the dropped-out input, which "
      "the fused form has no place for; LoRA alone takes dropout)"),
+    ("offload_checkpoints", lambda a: not a.offload_checkpoints or a.activation_checkpointing,
+     "needs activation_checkpointing true (what it offloads are the checkpointed layers' inputs)"),
+    ("activation_checkpointing_kwargs", lambda a: "offload" not in (a.activation_checkpointing_kwargs or {}),
+     "offload: use offload_checkpoints true instead (transformers' offload copies to the host synchronously at "
+     "every layer, cannot run in a CUDA graph and fails without a GPU)"),
     ("learning_rate", lambda a: a.learning_rate > 0, "must be > 0"),
     ("per_device_train_batch_size", lambda a: a.per_device_train_batch_size >= 1, "must be >= 1"),
     ("per_device_eval_batch_size", lambda a: a.per_device_eval_batch_size >= 1, "must be >= 1"),

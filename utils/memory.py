@@ -6,10 +6,11 @@ attached as the run would, and the peak is summed from parts a learner can reaso
     weights      frozen + trainable parameters in their dtype (4-bit NF4 + absmax constants for QLoRA layers)
     optimizer    AdamW's two moments per trainable parameter (same dtype; 8-bit optimizers: 1 byte each)
     gradients    one per trainable parameter, in its dtype
-    activations  with checkpointing: every layer's input; without: every layer's saved tensors; with
-                 transformers' every_n_layers N: the input of layers 0, N, 2N, ..., the saved tensors of the
-                 others. Plus the attention mask for packed or padded rows. (QLoRA on an fp16 / fp32 base: the
-                 residual stream is fp32, as utils/model.py's prepare_quantized keeps embeddings and norms in fp32.)
+    activations  with checkpointing: every layer's input (none with offload_checkpoints: in host memory);
+                 without: every layer's saved tensors; with transformers' every_n_layers N: the input of layers
+                 0, N, 2N, ..., the saved tensors of the others. Plus the attention mask for packed or padded
+                 rows. (QLoRA on an fp16 / fp32 base: the residual stream is fp32, as utils/model.py's
+                 prepare_quantized keeps embeddings and norms in fp32.)
     loss_or_layer  the larger of two moments. At the loss: the full-vocabulary logits (bf16 logits, their fp32
                  copy, fp32 log-softmax and its gradient: LOGIT_BYTES per logit), liger's fused linear +
                  cross-entropy buffers, or chunked_loss's hidden-state gradient and one chunk of logits
@@ -139,7 +140,8 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     every_n = every_n_layers(args)
     checkpointed = -(-layers // every_n) if args.activation_checkpointing else 0
     full_layer = one_layer + dora_kept  # what a layer without checkpointing keeps until its backward
-    kept = checkpointed * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
+    on_device = 0 if plan.offload else checkpointed  # offload_checkpoints: the inputs wait in host memory
+    kept = on_device * tokens * hidden * residual + (layers - checkpointed) * full_layer + mask
     head = model.get_output_embeddings().weight
     if plan.loss_backend == "chunked":  # utils/loss.py: d loss / d hidden, one chunk's logits + gradient,
         # a trained head's fp32 gradient and its cast to the head's dtype, an upcast QLoRA head's cast for the matmul

@@ -29,9 +29,11 @@ from utils.attention import NAME as VARLEN
 from train_args.base import REFERENCE_FREE_LOSSES
 from utils.model import (apply_peft, build_model, build_peft_config, build_quant_config, compile_layers,
                          count_parameters, prepare_quantized, resolve_dtype)
+from utils.offload import offload_callbacks
 from utils.preference_data import build_preference_datasets
 from utils.run_folder import RunIdentity, claim_output_dir, mark_finished, rank0, train
 from utils.score import finish_score, score_held_out
+from utils.step_plan import resolve
 from utils.save import plot_loss_curve, save_outputs, trainable_snapshot, verify_outputs
 from utils.trainer import StopOnNonFiniteLoss
 
@@ -160,7 +162,7 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
         train_set = train_set.map(reward_row, remove_columns=train_set.column_names)
         eval_set = eval_set and eval_set.map(reward_row, remove_columns=eval_set.column_names)
     kwargs = dict(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
-                  processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *callbacks])
+                  processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *offload_callbacks(resolve(args).offload), *callbacks])
     if trainer_cls is DojoDPOTrainer and args.padding_free:  # the fast path: packed rows (utils/preference_fast.py)
         from utils.preference_fast import FastDPOTrainer, packed_collator
         trainer_cls, kwargs["data_collator"] = FastDPOTrainer, packed_collator(args, model, tokenizer)

@@ -113,6 +113,9 @@ SWITCH_RULES = (
                                                          or (a.padding_free or a.chunked_loss) and not _dpo_loss(a)),
      "padding_free and chunked_loss serve stage sft and stage dpo with a DPO loss (its log-probs are always computed "
      "chunk by chunk); cuda_graphs, micro_batch_max_tokens and memory_budget_gb are SFT fast paths"),
+    ("offload_checkpoints", lambda a, world: not (a.offload_checkpoints and a.cuda_graphs),
+     "is not yet measured under cuda_graphs (each graph would capture its copies): set cuda_graphs false; the "
+     "plain and pieces steps offload"),
     ("cuda_graphs", lambda a, world: not a.cuda_graphs or world == 1, ONE_PROCESS),
     ("chunked_loss", lambda a, world: not a.chunked_loss or world == 1, ONE_PROCESS),
     ("micro_batch_max_tokens", lambda a, world: not a.micro_batch_max_tokens or world == 1,
@@ -168,6 +171,7 @@ class StepPlan:
     loss_backend: str = "model"
     step_runner: str = "plain"
     model_type: str | None = None
+    offload: bool = False         # checkpointed layers' inputs wait in host memory (utils/offload.py)
     derived: tuple[Derived, ...] = ()
 
     @property
@@ -185,6 +189,8 @@ class StepPlan:
         runner = self.step_runner
         if runner == "cuda_graph" and not _cuda_available():  # the plan is the config's; say what runs here
             runner += " (no CUDA device here: each micro-batch runs the plain step, with the same losses)"
+        if self.offload:
+            runner += ", checkpointed layers' inputs in host memory"
         return (f"collator {collator}; loss backend {self.loss_backend}; step runner {runner}; "
                 f"derived Trainer settings: {derived}")
 
@@ -218,7 +224,9 @@ def resolve(args, model_type: str | None = None, max_tokens: int | None = None, 
     runner = "cuda_graph" if graphs else "pieces" if max_tokens else "plain"
     return StepPlan(collator=collator, varlen=bool(args.padding_free and args.attn_implementation == VARLEN),
                     bucket=args.cuda_graph_bucket if graphs else 0, max_tokens=max_tokens, loss_backend=loss,
-                    step_runner=runner, model_type=model_type, derived=derived_settings(args, eval_data))
+                    step_runner=runner, model_type=model_type,
+                    offload=bool(getattr(args, "offload_checkpoints", False) and args.activation_checkpointing),
+                    derived=derived_settings(args, eval_data))
 
 
 def derived_settings(args, eval_data: bool = False) -> tuple[Derived, ...]:

@@ -18,6 +18,7 @@ from chat_template import IGNORE_INDEX
 from utils.collators import build_collator
 from utils.cuda_graphs import GraphedStep
 from utils.loss import causal_lm_loss
+from utils.offload import offload_callbacks
 from utils.step_plan import build_plan
 from utils.progress import ProgressFile
 
@@ -231,6 +232,7 @@ def build_trainer(model, args, tokenizer, train_dataset, eval_dataset, plan=None
     return DojoTrainer(
         model=model, args=args, plan=plan, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=build_collator(plan, tokenizer), processing_class=tokenizer,
-        optimizers=(build_optimizer(model, args), None), callbacks=[StopOnNonFiniteLoss(), ProgressFile(), *callbacks],
+        optimizers=(build_optimizer(model, args), None),
+        callbacks=[StopOnNonFiniteLoss(), ProgressFile(), *offload_callbacks(plan.offload), *callbacks],
     )
 

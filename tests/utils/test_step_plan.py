@@ -161,6 +161,8 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
     "dojo_lora_fast_nockpt": ("padding_free", "model", "plain"), "dojo_dora_fast_liger": LIGER,
     "dojo_full_fast_liger": LIGER, "dojo_lora7b_fast_liger": LIGER, "dojo_qlora7b_fast_liger": LIGER,
     "dojo_lora_chunked": ("padding_free", "chunked", "plain"),
+    "dojo_lora_chunked_offload": ("padding_free", "chunked", "plain"),
+    "dojo_qlora7b_compiled_offload_cap2048_fused": ("padding_free", "chunked", "pieces"),
     **{name: GRAPHS for name in ("dojo_lora_graphs", "dojo_lora_graphs_ga2", "dojo_lora_graphs_blocking",
                                  "dojo_lora7b_graphs_ga2", "dojo_lora_graphs_cap3584", "dojo_lora_graphs_cap3072",
                                  "dojo_lora_graphs_cap2560", "dojo_lora_graphs_cap2048",
