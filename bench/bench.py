@@ -57,6 +57,7 @@ OURS.update({
     "dojo_lora_graphs_cap3072": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=3072),
     "dojo_lora_graphs_cap2560": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2560),
     "dojo_lora_graphs_cap2048": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048),
+    "dojo_lora_graphs_cap4096": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=4096),  # median 800
     "dojo_lora7b_graphs_cap3072": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=3072),
     "dojo_lora7b_graphs_cap2560": dict(GRAPHS, compile_layers=True, model="7b", micro_batch_max_tokens=2560),
     "dojo_lora_graphs_eager": dict(GRAPHS),

@@ -165,7 +165,7 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
     "dojo_qlora7b_compiled_offload_cap2048_fused": ("padding_free", "chunked", "pieces"),
     **{name: GRAPHS for name in ("dojo_lora_graphs", "dojo_lora_graphs_ga2", "dojo_lora_graphs_blocking",
                                  "dojo_lora7b_graphs_ga2", "dojo_lora_graphs_cap3584", "dojo_lora_graphs_cap3072",
-                                 "dojo_lora_graphs_cap2560", "dojo_lora_graphs_cap2048",
+                                 "dojo_lora_graphs_cap2560", "dojo_lora_graphs_cap2048", "dojo_lora_graphs_cap4096",
                                  "dojo_lora7b_graphs_cap3072", "dojo_lora7b_graphs_cap2560", "dojo_lora_graphs_eager",
                                  "dojo_lora_graphs_nockpt", "dojo_lora_graphs_every2", "dojo_dora_graphs",
                                  "dojo_dora_graphs_factored", "dojo_dora_graphs_nockpt", "dojo_full_graphs",
