@@ -139,7 +139,7 @@ def test_dpo_with_compiled_layers_trains_like_eager(fast, tiny_model, tmp_path):
     assert len(set(losses["false"])) > 1  # it trained
 
 
-def test_dpo_offloads_checkpoint_inputs_and_trains_like_plain_checkpointing(tiny_model, tmp_path):
+def test_dpo_offloads_checkpoint_inputs_and_trains_like_plain_checkpointing(tiny_model, tmp_path, capsys):
     """offload_checkpoints serves preference runs too: the checkpointing layers offload their inputs (on a CPU the
     hooks leave them in place) and the losses are the plain checkpointing's."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -151,6 +151,8 @@ def test_dpo_offloads_checkpoint_inputs_and_trains_like_plain_checkpointing(tiny
         layers = [m for m in trainer.model.modules() if isinstance(m, GradientCheckpointingLayer)]
         assert layers and all(getattr(m._gradient_checkpointing_func, "offloads_inputs", False) == (offload == "true")
                               for m in layers)
+        logged = "checkpointed layers' inputs in host memory" in capsys.readouterr().out
+        assert logged == (offload == "true")
     assert losses["true"] == pytest.approx(losses["false"], abs=1e-6)
 
 

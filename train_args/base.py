@@ -342,8 +342,8 @@ FIELD_RULES = (
     ("lora_dropout", lambda a: not (a.fused_lora and a.use_dora) or a.lora_dropout == 0,
      "must be 0 with fused_lora and use_dora (DoRA with dropout adds a base matmul of the dropped-out input, which "
      "the fused form has no place for; LoRA alone takes dropout)"),
-    ("offload_checkpoints", lambda a: not a.offload_checkpoints or a.activation_checkpointing,
-     "needs activation_checkpointing true (what it offloads are the checkpointed layers' inputs)"),
+    ("activation_checkpointing", lambda a: not a.offload_checkpoints or a.activation_checkpointing,
+     "must be true with offload_checkpoints (what it offloads are the checkpointed layers' inputs)"),
     ("activation_checkpointing_kwargs", lambda a: "offload" not in (a.activation_checkpointing_kwargs or {}),
      "offload: use offload_checkpoints true instead (transformers' offload copies to the host synchronously at "
      "every layer, cannot run in a CUDA graph and fails without a GPU)"),

@@ -288,6 +288,8 @@ def run(args, tokenizer, template_name: str, plan, log):
     if args.padding_free:  # DPO's fast path (the SFT step plan's counterpart; utils/preference_fast.py)
         log(f"plan: packed rows (each micro-batch's chosen and rejected sequences in one row), attention "
             f"{args.attn_implementation}, trl's chunked log-prob head")
+    if resolve(args).offload:
+        log("checkpointed layers' inputs in host memory (offload_checkpoints)")
     snapshot = trainable_snapshot(model)
     scored = eval_set is not None and args.stage != "kto" and rank0()  # KTO answers are unpaired: nothing to rank
     before = preference_accuracy(model, eval_set, tokenizer, reward_model) if scored else None
