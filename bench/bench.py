@@ -76,12 +76,14 @@ OURS.update({
     "dojo_lora_graphs_cap2048_fused": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048, fused_lora=True),
     "dojo_qlora7b_graphs_compiled_fused": dict(GRAPHS, compile_layers=True, model="7b", train_mode="qlora", batch=4,
                                                fused_lora=True),
-    # offload_checkpoints (the checkpointed layers' inputs in host memory; not with cuda_graphs yet): against
-    # dojo_lora_chunked, the same step without it, for its cost; 4-bit 7B in pieces, the candidate for unsloth's peak
+    # offload_checkpoints (the checkpointed layers' inputs in host memory): without graphs against dojo_lora_chunked,
+    # with them against cap2048_fused, for its cost; 4-bit 7B in pieces, the candidate for unsloth's QLoRA peak
     "dojo_lora_chunked_offload": dict(GRAPHS, compile_layers=True, cuda_graphs=False, offload_checkpoints=True),
-    "dojo_qlora7b_compiled_offload_cap2048_fused": dict(GRAPHS, compile_layers=True, cuda_graphs=False, model="7b",
-                                                        train_mode="qlora", batch=4, micro_batch_max_tokens=2048,
-                                                        fused_lora=True, offload_checkpoints=True),
+    "dojo_lora_graphs_cap2048_fused_offload": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048,
+                                                   fused_lora=True, offload_checkpoints=True),
+    "dojo_qlora7b_graphs_offload_cap2048_fused": dict(GRAPHS, compile_layers=True, model="7b", train_mode="qlora",
+                                                      batch=4, micro_batch_max_tokens=2048, fused_lora=True,
+                                                      offload_checkpoints=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),

@@ -196,8 +196,8 @@ class TrainArgs(TrainingArguments):
     offload_checkpoints: bool = field(default=False, metadata=_help(
         "Keep each checkpointed layer's input in pinned host memory from its forward to its backward (unsloth's "
         "offloaded checkpointing): frees layers x tokens x hidden x 2 bytes of GPU memory (--dry_run counts it) for "
-        "a copy out and a copy back per layer, queued without waiting (utils/offload.py). Needs "
-        "activation_checkpointing; not with cuda_graphs yet."))
+        "a copy out and a copy back per layer, queued without waiting (utils/offload.py; bench/README.md has its "
+        "cost). Needs activation_checkpointing."))
     report_to: None | str | list[str] = field(default="tensorboard", metadata=_help(
         "Loggers: tensorboard, none, wandb, ..."))
     include_num_input_tokens_seen: str = field(default="non_padding", metadata=_help(

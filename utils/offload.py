@@ -12,7 +12,10 @@ time, about 2 x bytes / host-link bandwidth, and no synchronisation. transformer
 (activation_checkpointing_kwargs offload, torch's save_on_cpu), whose device-to-host copy blocks the host at every
 layer and which fails on a machine without an accelerator; train_args refuses it and points here.
 
-On a CPU-only run there is nothing to move: the hooks leave tensors where they are.
+Under cuda_graphs the copies are captured into each graph: pinned host memory allocated during a capture stays
+with the graph (torch's host allocator keeps a private pool per capture), and a replay copies through the same
+addresses (tests/utils/test_offload.py replays the eager losses on a GPU). On a CPU-only run there is nothing to
+move: the hooks leave tensors where they are.
 """
 from __future__ import annotations
 

@@ -113,9 +113,6 @@ SWITCH_RULES = (
                                                          or (a.padding_free or a.chunked_loss) and not _dpo_loss(a)),
      "padding_free and chunked_loss serve stage sft and stage dpo with a DPO loss (its log-probs are always computed "
      "chunk by chunk); cuda_graphs, micro_batch_max_tokens and memory_budget_gb are SFT fast paths"),
-    ("offload_checkpoints", lambda a, world: not (a.offload_checkpoints and a.cuda_graphs),
-     "not with cuda_graphs yet (its copies inside a CUDA graph have not been tested on a GPU): set cuda_graphs "
-     "false to offload, or offload_checkpoints false"),
     ("cuda_graphs", lambda a, world: not a.cuda_graphs or world == 1, ONE_PROCESS),
     ("chunked_loss", lambda a, world: not a.chunked_loss or world == 1, ONE_PROCESS),
     ("micro_batch_max_tokens", lambda a, world: not a.micro_batch_max_tokens or world == 1,

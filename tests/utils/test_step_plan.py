@@ -162,7 +162,7 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
     "dojo_full_fast_liger": LIGER, "dojo_lora7b_fast_liger": LIGER, "dojo_qlora7b_fast_liger": LIGER,
     "dojo_lora_chunked": ("padding_free", "chunked", "plain"),
     "dojo_lora_chunked_offload": ("padding_free", "chunked", "plain"),
-    "dojo_qlora7b_compiled_offload_cap2048_fused": ("padding_free", "chunked", "pieces"),
+
     **{name: GRAPHS for name in ("dojo_lora_graphs", "dojo_lora_graphs_ga2", "dojo_lora_graphs_blocking",
                                  "dojo_lora7b_graphs_ga2", "dojo_lora_graphs_cap3584", "dojo_lora_graphs_cap3072",
                                  "dojo_lora_graphs_cap2560", "dojo_lora_graphs_cap2048", "dojo_lora_graphs_cap4096",
@@ -172,7 +172,9 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_lora7b_graphs", "dojo_lora7b_graphs_b1", "dojo_qlora7b_graphs",
                                  "dojo_lora_graphs_budget40", "dojo_lora7b_graphs_budget70",
                                  "dojo_qlora7b_graphs_compiled", "dojo_lora_graphs_fused", "dojo_dora_graphs_fused",
-                                 "dojo_lora_graphs_cap2048_fused", "dojo_qlora7b_graphs_compiled_fused",
+                                 "dojo_lora_graphs_cap2048_fused", "dojo_lora_graphs_cap2048_fused_offload",
+                                 "dojo_qlora7b_graphs_offload_cap2048_fused",
+                                 "dojo_qlora7b_graphs_compiled_fused",
                                  "dojo_full_graphs_budget60")},
 }
 
