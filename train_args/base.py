@@ -110,7 +110,7 @@ class TrainArgs(TrainingArguments):
         "adapted (out x in) weight in every forward as peft does, and once per forward of the decoder (not again in "
         "a checkpoint's recompute). Same loss and gradients (utils/dora.py)."))
     fused_lora: bool = field(default=False, metadata=_help(
-        "Less peak memory for LoRA and DoRA (bench/README.md has the measurement): the adapter's "
+        "Less peak memory for LoRA and DoRA, and no slower (bench/README.md has the measurement): the adapter's "
         "output is added into the base output by the B matmul itself (in place), so the backward keeps their sum "
         "where it kept both parts; with DoRA (needs factored_dora_norm true and lora_dropout 0) the scale applies "
         "once to the sum. Same function and gradients (utils/fused_lora.py)."))

@@ -13,11 +13,12 @@ backward. Here the sum z = W x + s · B A x is one addmm and the scale one eleme
 z alone (g's gradient is the column sum of dy ⊙ z) and hands dy ⊙ g to both matmuls.
 
 In place: the sum is written into W x's own buffer (cuBLAS adds into it with beta 1). An out-of-place addmm first
-copies W x into a new output, and that copy cost about what the saved elementwise work gained back (bench/README.md,
-2026-12-07, fourteenth session). Compiled layers keep it in place because the add is a custom op that mutates its
-input (dojo::add_lora_): inductor runs such an op on the input's buffer when nothing else reads it, where it
-rewrites an in-place addmm_ into a copy and an addmm. Same function and gradients as peft's
-(tests/utils/test_fused_lora.py), rounded differently: the sum is rounded once instead of each part.
+copies W x into a new output, and that copy cost about what the saved elementwise work gained back; in place, the
+switch is faster than peft's form as well as leaner (bench/README.md, fourteenth and fifteenth sessions).
+Compiled layers keep it in place because the add is a custom op that mutates its input (dojo::add_lora_): inductor
+runs such an op on the input's buffer when nothing else reads it, where it rewrites an in-place addmm_ into a copy
+and an addmm. Same function and gradients as peft's (tests/utils/test_fused_lora.py), rounded differently: the sum
+is rounded once instead of each part.
 
 Only the forward changes; a module that is merged, has adapters disabled, mixes adapters in one batch, runs several
 adapters at once or has a bias on B falls back to peft's forward, and saving, merging and loading are peft's.

@@ -162,7 +162,8 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
         train_set = train_set.map(reward_row, remove_columns=train_set.column_names)
         eval_set = eval_set and eval_set.map(reward_row, remove_columns=eval_set.column_names)
     kwargs = dict(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
-                  processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *offload_callbacks(resolve(args).offload), *callbacks])
+                  processing_class=tokenizer,
+                  callbacks=[StopOnNonFiniteLoss(), *offload_callbacks(resolve(args).offload), *callbacks])
     if trainer_cls is DojoDPOTrainer and args.padding_free:  # the fast path: packed rows (utils/preference_fast.py)
         from utils.preference_fast import FastDPOTrainer, packed_collator
         trainer_cls, kwargs["data_collator"] = FastDPOTrainer, packed_collator(args, model, tokenizer)
