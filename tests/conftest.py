@@ -39,13 +39,14 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     return tiny_model_module.build_tiny_model(family, shared_path("tokenizers", FAMILIES[family][0]), folder, seed)
 
 
-def tiny_qwen2():
-    """A 2-layer, 32-wide random Qwen2 in fp32 (seed 0, sdpa attention, no KV cache): for layer-level tests."""
+def tiny_qwen2(layers: int = 2):
+    """A 2-layer (or `layers`), 32-wide random Qwen2 in fp32 (seed 0, sdpa attention, no KV cache): for layer-level
+    tests."""
     import torch
     import transformers
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, attn_implementation="sdpa", pad_token_id=0)
     config.use_cache = False
     return transformers.Qwen2ForCausalLM(config).float()

@@ -162,8 +162,7 @@ def build_preference_trainer(model, reference, args, tokenizer, train_set, eval_
         train_set = train_set.map(reward_row, remove_columns=train_set.column_names)
         eval_set = eval_set and eval_set.map(reward_row, remove_columns=eval_set.column_names)
     kwargs = dict(model=model, args=config, train_dataset=train_set, eval_dataset=eval_set,
-                  processing_class=tokenizer,
-                  callbacks=[StopOnNonFiniteLoss(), *offload_callbacks(resolve(args).offload), *callbacks])
+                  processing_class=tokenizer, callbacks=[StopOnNonFiniteLoss(), *callbacks])
     if trainer_cls is DojoDPOTrainer and args.padding_free:  # the fast path: packed rows (utils/preference_fast.py)
         from utils.preference_fast import FastDPOTrainer, packed_collator
         trainer_cls, kwargs["data_collator"] = FastDPOTrainer, packed_collator(args, model, tokenizer)
@@ -289,7 +288,8 @@ def run(args, tokenizer, template_name: str, plan, log):
     if args.padding_free:  # DPO's fast path (the SFT step plan's counterpart; utils/preference_fast.py)
         log(f"plan: packed rows (each micro-batch's chosen and rejected sequences in one row), attention "
             f"{args.attn_implementation}, trl's chunked log-prob head")
-    if resolve(args).offload:
+    offload = resolve(args).offload
+    if offload:
         log("checkpointed layers' inputs in host memory (offload_checkpoints)")
     snapshot = trainable_snapshot(model)
     scored = eval_set is not None and args.stage != "kto" and rank0()  # KTO answers are unpaired: nothing to rank
@@ -298,7 +298,7 @@ def run(args, tokenizer, template_name: str, plan, log):
                                   "before training", log)
 
     trainer = build_preference_trainer(model, reference, args, tokenizer, train_set, eval_set,
-                                       callbacks=[RunIdentity(plan.run_id)])
+                                       callbacks=[RunIdentity(plan.run_id), *offload_callbacks(offload)])
     train(trainer, plan, log)
     if eval_set is not None and not any("eval_loss" in h and h["step"] == trainer.state.global_step
                                         for h in trainer.state.log_history):

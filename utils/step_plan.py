@@ -222,7 +222,7 @@ def resolve(args, model_type: str | None = None, max_tokens: int | None = None, 
     return StepPlan(collator=collator, varlen=bool(args.padding_free and args.attn_implementation == VARLEN),
                     bucket=args.cuda_graph_bucket if graphs else 0, max_tokens=max_tokens, loss_backend=loss,
                     step_runner=runner, model_type=model_type,
-                    offload=bool(getattr(args, "offload_checkpoints", False) and args.activation_checkpointing),
+                    offload=bool(args.offload_checkpoints and args.activation_checkpointing),
                     derived=derived_settings(args, eval_data))
 
 
