@@ -269,6 +269,11 @@ def run_ours(name: str, a) -> dict:
         if timer.prof is not None:
             res["top_kernels"] = top_kernels(timer.prof, a.profile_steps, a.top_kernels)
     res["captures"] = captures
+    # a capture (its eager warm-up runs included) happens once per padded length in a run of thousands of steps;
+    # inside a short timed window it can take most of it, so the row also says what the window ran without them
+    in_window = sum(c["seconds"] for c in captures if warmup * accumulate <= c["micro_batch"] < total * accumulate)
+    res["captures_in_window_s"] = round(in_window, 2)
+    res["tokens_per_s_without_captures"] = round(T / (dt - in_window), 1) if in_window < dt else None
     return res
 
 
