@@ -112,8 +112,9 @@ class TrainArgs(TrainingArguments):
     fused_lora: bool = field(default=False, metadata=_help(
         "Less peak memory for LoRA and DoRA, and no slower (bench/README.md has the measurement): the adapter's "
         "output is added into the base output by the B matmul itself (in place), so the backward keeps their sum "
-        "where it kept both parts; with DoRA (needs factored_dora_norm true and lora_dropout 0) the scale applies "
-        "once to the sum. Same function and gradients (utils/fused_lora.py)."))
+        "where it kept both parts; with DoRA (needs factored_dora_norm true and lora_dropout 0) the per-feature "
+        "scale goes onto W and B instead of the output (a 4-bit W: once onto the sum). Same function and gradients "
+        "(utils/fused_lora.py)."))
     lora_rank: int = field(default=16, metadata=_help("LoRA rank r."))
     lora_alpha: int = field(default=32, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
     lora_dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input."))

@@ -9,8 +9,13 @@ width.
 DoRA (use_dora with factored_dora_norm) scales each output row of the adapted weight by g = m / ||W + sBA||:
     y = g ⊙ (W x + s · B A x) + bias
 peft computes it as (g - 1) ⊙ (W x) + g ⊙ s · B A x added to W x + bias, and keeps both W x and B A x for the
-backward. Here the sum z = W x + s · B A x is one addmm and the scale one elementwise op after it; the backward keeps
-z alone (g's gradient is the column sum of dy ⊙ z) and hands dy ⊙ g to both matmuls.
+backward. Here g goes onto the weights instead: y = x (g ⊙ W)ᵀ + s · (A x)(g ⊙ B)ᵀ, one matmul and one in-place
+addmm, with g applied to out x in and out x r numbers rather than to the tokens x out output (at 0.5B and 16k tokens
+a micro-batch's outputs are ~18x the weights). The backward keeps y alone: dy goes to the scaled weights as it is,
+and g's gradient, the column sum of dy ⊙ z with z = W x + s · B A x, is the column sum of dy ⊙ y divided by g. So the
+output-wide elementwise work of DoRA is one product in the backward, where scaling the output costs a pass in each
+forward (twice under checkpointing) and one more in the backward (DoraWithScaledWeights). A 4-bit base cannot be
+scaled in place of its output: there the sum is one addmm and the scale one elementwise op after it.
 
 In place: the sum is written into W x's own buffer (cuBLAS adds into it with beta 1). An out-of-place addmm first
 copies W x into a new output, and that copy cost about what the saved elementwise work gained back; in place, the
@@ -55,6 +60,33 @@ class AddLoraInPlace(torch.autograd.Function):
         return grad, torch.mm(grad, b).mul_(ctx.scaling), torch.mm(grad.t(), h).mul_(ctx.scaling), None
 
 
+class DoraWithScaledWeights(torch.autograd.Function):
+    """y = g ⊙ (W x + s · B h) as x (g ⊙ W)ᵀ + s · h (g ⊙ B)ᵀ: the scale g (one per output feature) is applied to
+    the frozen weight and to B, out x in and out x r numbers, instead of to the output, tokens x out. The backward
+    hands dy to the scaled weights (no dy ⊙ g pass) and takes g's gradient, Σ_tokens dy ⊙ z with z = y / g, from the
+    saved output: one reduction over dy and y (a magnitude of exactly 0 would leave that division undefined; DoRA
+    starts each magnitude at its row's norm). W gets no gradient (the base is frozen)."""
+
+    @staticmethod
+    def forward(ctx, rows, h, weight, b, g, scaling):
+        col = g.to(rows.dtype)[:, None]
+        y = torch.mm(rows, (weight.to(rows.dtype) * col).t())
+        add_lora_(y, h, b * col, scaling)
+        ctx.save_for_backward(h, weight, b, col, y)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, weight, b, col, y = ctx.saved_tensors
+        s = ctx.scaling
+        d_rows = torch.mm(dy, weight.to(dy.dtype) * col)
+        d_h = torch.mm(dy, b * col).mul_(s)
+        d_b = torch.mm(dy.t(), h).mul_(col * s)
+        d_g = (dy * y).sum(0, dtype=torch.float32) / col.squeeze(1).float()  # Σ dy ⊙ z, z = y / g
+        return d_rows, d_h, None, d_b, d_g, None
+
+
 class FusedLoraForward:
     """Mixed in before a peft LoRA layer class (lora.Linear, bitsandbytes' Linear4bit): the forward above."""
 
@@ -66,6 +98,8 @@ class FusedLoraForward:
         scaling = self.scaling[adapter]
         dora = self.lora_magnitude_vector[adapter] if adapter in self.lora_magnitude_vector else None
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so that the base output written into is no view
+        if dora is not None and self._scales_weights():
+            return self._dora_with_scaled_weights(x, rows, adapter, dora)
         result = self.base_layer(rows)
         bias = getattr(self.get_base_layer(), "bias", None) if dora is not None else None
         if bias is not None:
@@ -77,6 +111,22 @@ class FusedLoraForward:
             z = z * dora.scale(x.dtype, lora_a.weight, lora_b.weight, scaling, self.get_base_layer())
             z = (z if bias is None else z + bias).to(dtype)
         return z.view(*x.shape[:-1], z.shape[-1])
+
+    def _scales_weights(self) -> bool:
+        """DoRA can scale W itself only where W is a plain frozen matrix (not 4-bit: the output is scaled there)."""
+        base = self.get_base_layer()
+        return type(base) is torch.nn.Linear and not base.weight.requires_grad
+
+    def _dora_with_scaled_weights(self, x, rows, adapter, dora):
+        lora_a, lora_b, scaling = self.lora_A[adapter], self.lora_B[adapter], self.scaling[adapter]
+        base = self.get_base_layer()
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        h = lora_a(self._cast_input_dtype(rows, lora_a.weight.dtype)).to(dtype)
+        g = dora.scale(dtype, lora_a.weight, lora_b.weight, scaling, base)
+        y = DoraWithScaledWeights.apply(rows.to(dtype), h, base.weight, lora_b.weight.to(dtype), g, scaling)
+        if base.bias is not None:
+            y = y + base.bias.to(dtype)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     def _fusable_adapter(self, args, kwargs) -> str | None:
         """The one active adapter when this forward is the plain single-adapter case, else None (peft's forward)."""

@@ -45,8 +45,12 @@ EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit"
 # less, read off the DoRA bench row without checkpointing (bench/README.md): the magnitude's gradient needs only
 # their sum. While a layer is differentiated, its DoRA tensors and their fp32 gradients: 6 (checkpointed rows).
 DORA_KEPT_BYTES = {False: 4, True: 2.5}
-FUSED_DORA_KEPT_BYTES = 2  # fused_lora: the sum W x + s·B A x alone (utils/fused_lora.py)
-DORA_BACKWARD_BYTES = 6
+# fused_lora puts the scale on the weights (utils/fused_lora.py) and keeps each output (2 bytes), which the next op
+# keeps anyway after v, gate and up (attention, SiLU, the product): what is left, q, k, o and down, averages 0.42-0.53
+# bytes over a layer's output features at the 0.5B-7B shapes (counted eagerly in tests/utils/test_memory.py). While a
+# layer is differentiated: the product dy ⊙ y (2, eager).
+FUSED_DORA_KEPT_BYTES = 0.5
+DORA_BACKWARD_BYTES = {False: 6, True: 2}  # by fused_lora
 
 
 def worst_batch_tokens(lengths: list[int], batch_size: int, padding_free: bool,
@@ -134,7 +138,7 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
                            if n.endswith("base_layer") and hasattr(m, "out_features")) // layers
         kept_bytes = FUSED_DORA_KEPT_BYTES if getattr(args, "fused_lora", False) else DORA_KEPT_BYTES[compiled]
         dora_kept = int(kept_bytes * tokens * out_features)
-        dora_backward = DORA_BACKWARD_BYTES * tokens * out_features
+        dora_backward = DORA_BACKWARD_BYTES[bool(getattr(args, "fused_lora", False))] * tokens * out_features
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if plan.varlen else rows * row_len * row_len
     every_n = every_n_layers(args)

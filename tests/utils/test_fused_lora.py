@@ -78,6 +78,34 @@ def test_fused_dora_scales_the_sum_not_the_bias():
     _assert_same_training(plain, fused, steps=1, atol=1e-5)
 
 
+class _OutputWideOps(TorchDispatchMode):
+    """The elementwise ops that write a tensor as large as a linear's output (tokens x out_features)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.pointwise in func.tags and torch.is_tensor(out) and out.numel() == self.numel:
+            self.ops.append(str(func))
+        return out
+
+
+def test_fused_dora_scales_the_weights_not_the_output():
+    """DoRA's per-feature scale goes onto W and B (out x in numbers), so the forward writes nothing output-wide
+    besides the matmul, and the backward one product (dy ⊙ y, for the magnitude's gradient)."""
+    _, fused = _pair(dora=True)
+    linear = fused.base_model.model.model.layers[0].mlp.up_proj
+    x = torch.randn(1, 33, linear.in_features, requires_grad=True)
+    with _OutputWideOps(33 * linear.out_features) as forward:
+        y = linear(x)
+    with _OutputWideOps(33 * linear.out_features) as backward:
+        y.backward(torch.randn_like(y))
+    assert forward.ops == [] and backward.ops == ["aten.mul.Tensor"]
+    assert linear.lora_magnitude_vector["default"].weight.grad is not None
+
+
 def test_fused_lora_falls_back_to_peft_with_dora_dropout_and_when_merged():
     """DoRA with dropout (peft adds a base matmul of the dropped-out input) and a merged adapter run peft's forward
     unchanged."""
