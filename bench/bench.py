@@ -84,6 +84,15 @@ OURS.update({
     "dojo_qlora7b_graphs_offload_cap2048_fused": dict(GRAPHS, compile_layers=True, model="7b", train_mode="qlora",
                                                       batch=4, micro_batch_max_tokens=2048, fused_lora=True,
                                                       offload_checkpoints=True),
+    # the same, every piece padded to 2,048 (cuda_graph_bucket = the cap): one graph instead of one per piece
+    # length, so the peak is one capture's, not what successive captures add in the shared pool
+    "dojo_lora_graphs_cap2048_b2048_fused_offload": dict(GRAPHS, compile_layers=True, micro_batch_max_tokens=2048,
+                                                         cuda_graph_bucket=2048, fused_lora=True,
+                                                         offload_checkpoints=True),
+    "dojo_qlora7b_graphs_offload_cap2048_b2048_fused": dict(GRAPHS, compile_layers=True, model="7b",
+                                                            train_mode="qlora", batch=4, micro_batch_max_tokens=2048,
+                                                            cuda_graph_bucket=2048, fused_lora=True,
+                                                            offload_checkpoints=True),
     "dojo_dora_graphs_nockpt": dict(GRAPHS, use_dora=True, compile_layers=True, activation_checkpointing=False),
     "dojo_full_graphs": dict(GRAPHS, compile_layers=True, train_mode="full", learning_rate=2e-5),
     "dojo_lora7b_graphs": dict(GRAPHS, compile_layers=True, model="7b"),
