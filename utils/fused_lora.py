@@ -10,8 +10,8 @@ DoRA (use_dora with factored_dora_norm) scales each output row of the adapted we
     y = g ⊙ (W x + s · B A x) + bias
 peft computes it as (g - 1) ⊙ (W x) + g ⊙ s · B A x added to W x + bias, and keeps both W x and B A x for the
 backward. Here g goes onto the weights instead: y = x (g ⊙ W)ᵀ + s · (A x)(g ⊙ B)ᵀ, one matmul and one in-place
-addmm, with g applied to out x in and out x r numbers rather than to the tokens x out output (at 0.5B and 16k tokens
-a micro-batch's outputs are ~18x the weights). The backward keeps y alone: dy goes to the scaled weights as it is,
+addmm, with g applied to out x in and out x r numbers rather than to the tokens x out output (at the Qwen2.5-0.5B
+shape a layer's outputs for T tokens are about T / 1,200 times its weights). The backward keeps y alone: dy goes to the scaled weights as it is,
 and g's gradient, the column sum of dy ⊙ z with z = W x + s · B A x, is the column sum of dy ⊙ y divided by g. So the
 output-wide elementwise work of DoRA is one product in the backward, where scaling the output costs a pass in each
 forward (twice under checkpointing) and one more in the backward (DoraWithScaledWeights). A 4-bit base cannot be
