@@ -15,7 +15,8 @@ shape a layer's outputs for T tokens are about T / 1,200 times its weights). The
 and g's gradient, the column sum of dy ⊙ z with z = W x + s · B A x, is the column sum of dy ⊙ y divided by g. So the
 output-wide elementwise work of DoRA is one product in the backward, where scaling the output costs a pass in each
 forward (twice under checkpointing) and one more in the backward (DoraWithScaledWeights). A 4-bit base cannot be
-scaled in place of its output: there the sum is one addmm and the scale one elementwise op after it.
+scaled in place of its output, and a micro-batch with fewer tokens than W has input features writes fewer
+numbers by scaling the output: there the sum is one addmm and the scale one elementwise op after it.
 
 In place: the sum is written into W x's own buffer (cuBLAS adds into it with beta 1). An out-of-place addmm first
 copies W x into a new output, and that copy cost about what the saved elementwise work gained back; in place, the
@@ -98,7 +99,7 @@ class FusedLoraForward:
         scaling = self.scaling[adapter]
         dora = self.lora_magnitude_vector[adapter] if adapter in self.lora_magnitude_vector else None
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so that the base output written into is no view
-        if dora is not None and self._scales_weights():
+        if dora is not None and self._scales_weights(rows):
             return self._dora_with_scaled_weights(x, rows, adapter, dora)
         result = self.base_layer(rows)
         bias = getattr(self.get_base_layer(), "bias", None) if dora is not None else None
@@ -112,10 +113,14 @@ class FusedLoraForward:
             z = (z if bias is None else z + bias).to(dtype)
         return z.view(*x.shape[:-1], z.shape[-1])
 
-    def _scales_weights(self) -> bool:
-        """DoRA can scale W itself only where W is a plain frozen matrix (not 4-bit: the output is scaled there)."""
+    def _scales_weights(self, rows) -> bool:
+        """DoRA scales W itself where W is a plain frozen matrix (not 4-bit) and is the smaller of the two: at least
+        as many tokens as input features (a forward, its recompute and the backward each scale W once: ~12 bytes per
+        weight, where scaling the output reads or writes ~14 bytes per output number, and a token has `in` weights
+        per output feature)."""
         base = self.get_base_layer()
-        return type(base) is torch.nn.Linear and not base.weight.requires_grad
+        return (type(base) is torch.nn.Linear and not base.weight.requires_grad
+                and rows.shape[0] >= base.in_features)
 
     def _dora_with_scaled_weights(self, x, rows, adapter, dora):
         lora_a, lora_b, scaling = self.lora_A[adapter], self.lora_B[adapter], self.scaling[adapter]

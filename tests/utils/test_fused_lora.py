@@ -93,16 +93,19 @@ class _OutputWideOps(TorchDispatchMode):
 
 
 def test_fused_dora_scales_the_weights_not_the_output():
-    """DoRA's per-feature scale goes onto W and B (out x in numbers), so the forward writes nothing output-wide
-    besides the matmul, and the backward one product (dy ⊙ y, for the magnitude's gradient)."""
+    """With more tokens than input features, DoRA's per-feature scale goes onto W and B (out x in numbers): the
+    forward writes nothing output-wide besides the matmul, and the backward one product (dy ⊙ y, for the
+    magnitude's gradient). With fewer, the output is scaled (one product in the forward)."""
     _, fused = _pair(dora=True)
     linear = fused.base_model.model.model.layers[0].mlp.up_proj
-    x = torch.randn(1, 33, linear.in_features, requires_grad=True)
-    with _OutputWideOps(33 * linear.out_features) as forward:
-        y = linear(x)
-    with _OutputWideOps(33 * linear.out_features) as backward:
-        y.backward(torch.randn_like(y))
-    assert forward.ops == [] and backward.ops == ["aten.mul.Tensor"]
+    for tokens, forward_products in ((linear.in_features + 1, []), (linear.in_features - 1, ["aten.mul.Tensor"])):
+        x = torch.randn(1, tokens, linear.in_features, requires_grad=True)
+        with _OutputWideOps(tokens * linear.out_features) as forward:
+            y = linear(x)
+        with _OutputWideOps(tokens * linear.out_features) as backward:
+            y.backward(torch.randn_like(y))
+        assert forward.ops == forward_products
+        assert backward.ops.count("aten.mul.Tensor") >= 1
     assert linear.lora_magnitude_vector["default"].weight.grad is not None
 
 
