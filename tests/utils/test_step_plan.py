@@ -174,6 +174,8 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
                                  "dojo_qlora7b_graphs_compiled", "dojo_lora_graphs_fused", "dojo_dora_graphs_fused",
                                  "dojo_lora_graphs_cap2048_fused", "dojo_lora_graphs_cap2048_fused_offload",
                                  "dojo_qlora7b_graphs_offload_cap2048_fused",
+                                 "dojo_lora_graphs_cap2048_b2048_fused_offload",
+                                 "dojo_qlora7b_graphs_offload_cap2048_b2048_fused",
                                  "dojo_qlora7b_graphs_compiled_fused",
                                  "dojo_full_graphs_budget60")},
 }
