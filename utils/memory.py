@@ -47,8 +47,10 @@ EIGHT_BIT_OPTIMIZERS = {"adamw_8bit": 1, "paged_adamw_8bit": 1, "adamw_bnb_8bit"
 DORA_KEPT_BYTES = {False: 4, True: 2.5}
 # fused_lora puts the scale on the weights (utils/fused_lora.py) and keeps each output (2 bytes), which the next op
 # keeps anyway after v, gate and up (attention, SiLU, the product): what is left, q, k, o and down, averages 0.42-0.53
-# bytes over a layer's output features at the 0.5B-7B shapes (counted eagerly in tests/utils/test_memory.py). While a
-# layer is differentiated: the product dy ⊙ y (2, eager).
+# bytes over a layer's output features at the 0.5B-7B shapes (counted eagerly in tests/utils/test_memory.py). A
+# compiled layer also keeps each scaled weight g ⊙ W for its backward instead of scaling W again (a GPU count at
+# the 0.5B width: 1.17 bytes per output feature and token at 2,048 tokens, of which g ⊙ W is 0.81), counted per
+# layer by the weights' size (dora_scaled_weight_bytes). While a layer is differentiated: the product dy ⊙ y (2, eager).
 FUSED_DORA_KEPT_BYTES = 0.5
 DORA_BACKWARD_BYTES = {False: 6, True: 2}  # by fused_lora
 
@@ -134,11 +136,13 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     one_layer = layer_activation_bytes(config, tokens, residual_bytes=residual, compiled=compiled)
     dora_kept = dora_backward = 0
     if getattr(args, "use_dora", False):  # per layer: DoRA's output-wide tensors (DORA_KEPT_BYTES above)
-        out_features = sum(m.out_features for n, m in model.named_modules()
-                           if n.endswith("base_layer") and hasattr(m, "out_features")) // layers
-        kept_bytes = FUSED_DORA_KEPT_BYTES if getattr(args, "fused_lora", False) else DORA_KEPT_BYTES[compiled]
-        dora_kept = int(kept_bytes * tokens * out_features)
-        dora_backward = DORA_BACKWARD_BYTES[bool(getattr(args, "fused_lora", False))] * tokens * out_features
+        bases = [m for n, m in model.named_modules() if n.endswith("base_layer") and hasattr(m, "out_features")]
+        out_features = sum(m.out_features for m in bases) // layers
+        fused = bool(getattr(args, "fused_lora", False))
+        kept_bytes = FUSED_DORA_KEPT_BYTES if fused else DORA_KEPT_BYTES[compiled]
+        scaled = dora_scaled_weight_bytes(bases, tokens) // layers if fused and compiled else 0
+        dora_kept = int(kept_bytes * tokens * out_features) + scaled
+        dora_backward = DORA_BACKWARD_BYTES[fused] * tokens * out_features + scaled
     # the boolean attention mask (block-diagonal when packed); varlen attention takes sample boundaries instead
     mask = 0 if plan.varlen else rows * row_len * row_len
     every_n = every_n_layers(args)
@@ -177,6 +181,13 @@ def estimate_peak(model, args, tokens: int, row_len: int, rows: int, plan=None) 
     parts = {k: v / GB for k, v in parts.items()}
     parts["total"] = sum(parts.values())
     return parts
+
+
+def dora_scaled_weight_bytes(bases, tokens: int) -> int:
+    """The scaled weights g ⊙ W a compiled fused DoRA keeps: those of the plain (not 4-bit) linears that a
+    micro-batch of `tokens` scales (utils/fused_lora.py: at least as many tokens as input features)."""
+    return sum(m.out_features * m.in_features * m.weight.element_size() for m in bases
+               if type(m) is torch.nn.Linear and m.in_features <= tokens)
 
 
 def meta_model(args, config=None, vocab_size: int | None = None):
