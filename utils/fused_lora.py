@@ -11,12 +11,14 @@ DoRA (use_dora with factored_dora_norm) scales each output row of the adapted we
 peft computes it as (g - 1) ⊙ (W x) + g ⊙ s · B A x added to W x + bias, and keeps both W x and B A x for the
 backward. Here g goes onto the weights instead: y = x (g ⊙ W)ᵀ + s · (A x)(g ⊙ B)ᵀ, one matmul and one in-place
 addmm, with g applied to out x in and out x r numbers rather than to the tokens x out output (at the Qwen2.5-0.5B
-shape a layer's outputs for T tokens are about T / 1,200 times its weights). The backward keeps y alone: dy goes to the scaled weights as it is,
-and g's gradient, the column sum of dy ⊙ z with z = W x + s · B A x, is the column sum of dy ⊙ y divided by g. So the
-output-wide elementwise work of DoRA is one product in the backward, where scaling the output costs a pass in each
-forward (twice under checkpointing) and one more in the backward (DoraWithScaledWeights). A 4-bit base cannot be
-scaled in place of its output, and a micro-batch with fewer tokens than W has input features writes fewer
-numbers by scaling the output: there the sum is one addmm and the scale one elementwise op after it.
+shape a layer's outputs for T tokens are about T / 1,200 times its weights). The backward keeps y: dy goes to the
+scaled weights as it is, and g's gradient, the column sum of dy ⊙ z with z = W x + s · B A x, is the column sum of
+dy ⊙ y divided by g. So the output-wide elementwise work of DoRA is one product in the backward, where scaling the
+output costs a pass in each forward (twice under checkpointing) and one more in the backward
+(DoraWithScaledWeights). A compiled layer keeps g ⊙ W for the backward rather than scaling W again (utils/memory.py
+counts it). A 4-bit base cannot be scaled in place of its output, and a micro-batch with fewer tokens than W has
+input features writes fewer numbers by scaling the output: there the sum is one addmm and the scale one
+elementwise op after it.
 
 In place: the sum is written into W x's own buffer (cuBLAS adds into it with beta 1). An out-of-place addmm first
 copies W x into a new output, and that copy cost about what the saved elementwise work gained back; in place, the

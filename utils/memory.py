@@ -48,9 +48,9 @@ DORA_KEPT_BYTES = {False: 4, True: 2.5}
 # fused_lora puts the scale on the weights (utils/fused_lora.py) and keeps each output (2 bytes), which the next op
 # keeps anyway after v, gate and up (attention, SiLU, the product): what is left, q, k, o and down, averages 0.42-0.53
 # bytes over a layer's output features at the 0.5B-7B shapes (counted eagerly in tests/utils/test_memory.py). A
-# compiled layer also keeps each scaled weight g ⊙ W for its backward instead of scaling W again (a GPU count at
-# the 0.5B width: 1.17 bytes per output feature and token at 2,048 tokens, of which g ⊙ W is 0.81), counted per
-# layer by the weights' size (dora_scaled_weight_bytes). While a layer is differentiated: the product dy ⊙ y (2, eager).
+# compiled layer also keeps each scaled weight g ⊙ W for its backward instead of scaling W again (most of what a GPU
+# count of a compiled layer found: bench/README.md, sixteenth session), counted per layer by the weights' size
+# (dora_scaled_weight_bytes). While a layer is differentiated: the product dy ⊙ y (2, eager).
 FUSED_DORA_KEPT_BYTES = 0.5
 DORA_BACKWARD_BYTES = {False: 6, True: 2}  # by fused_lora
 
