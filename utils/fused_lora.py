@@ -102,7 +102,7 @@ class FusedLoraForward:
         dora = self.lora_magnitude_vector[adapter] if adapter in self.lora_magnitude_vector else None
         rows = x.reshape(-1, x.shape[-1])  # 2-D, so that the base output written into is no view
         if dora is not None and self._scales_weights(rows):
-            return self._dora_with_scaled_weights(x, rows, adapter, dora)
+            return self._dora_with_scaled_weights(x, rows, lora_a, lora_b, scaling, dora)
         result = self.base_layer(rows)
         bias = getattr(self.get_base_layer(), "bias", None) if dora is not None else None
         if bias is not None:
@@ -124,8 +124,7 @@ class FusedLoraForward:
         return (type(base) is torch.nn.Linear and not base.weight.requires_grad
                 and rows.shape[0] >= base.in_features)
 
-    def _dora_with_scaled_weights(self, x, rows, adapter, dora):
-        lora_a, lora_b, scaling = self.lora_A[adapter], self.lora_B[adapter], self.scaling[adapter]
+    def _dora_with_scaled_weights(self, x, rows, lora_a, lora_b, scaling, dora):
         base = self.get_base_layer()
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         h = lora_a(self._cast_input_dtype(rows, lora_a.weight.dtype)).to(dtype)

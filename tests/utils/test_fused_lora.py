@@ -95,17 +95,18 @@ class _OutputWideOps(TorchDispatchMode):
 def test_fused_dora_scales_the_weights_not_the_output():
     """With more tokens than input features, DoRA's per-feature scale goes onto W and B (out x in numbers): the
     forward writes nothing output-wide besides the matmul, and the backward one product (dy ⊙ y, for the
-    magnitude's gradient). With fewer, the output is scaled (one product in the forward)."""
+    magnitude's gradient). With fewer, the output is scaled (one product in the forward, two in the backward)."""
     _, fused = _pair(dora=True)
     linear = fused.base_model.model.model.layers[0].mlp.up_proj
-    for tokens, forward_products in ((linear.in_features + 1, []), (linear.in_features - 1, ["aten.mul.Tensor"])):
+    mul = "aten.mul.Tensor"
+    for tokens, forward_products, backward_products in ((linear.in_features + 1, [], [mul]),
+                                                         (linear.in_features - 1, [mul], [mul, mul])):
         x = torch.randn(1, tokens, linear.in_features, requires_grad=True)
         with _OutputWideOps(tokens * linear.out_features) as forward:
             y = linear(x)
         with _OutputWideOps(tokens * linear.out_features) as backward:
             y.backward(torch.randn_like(y))
-        assert forward.ops == forward_products
-        assert backward.ops.count("aten.mul.Tensor") >= 1
+        assert forward.ops == forward_products and backward.ops == backward_products
     assert linear.lora_magnitude_vector["default"].weight.grad is not None
 
 

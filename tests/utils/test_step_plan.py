@@ -162,7 +162,6 @@ BENCH_PLANS = {  # row -> (collator, loss backend, step runner), as the row ran 
     "dojo_full_fast_liger": LIGER, "dojo_lora7b_fast_liger": LIGER, "dojo_qlora7b_fast_liger": LIGER,
     "dojo_lora_chunked": ("padding_free", "chunked", "plain"),
     "dojo_lora_chunked_offload": ("padding_free", "chunked", "plain"),
-
     **{name: GRAPHS for name in ("dojo_lora_graphs", "dojo_lora_graphs_ga2", "dojo_lora_graphs_blocking",
                                  "dojo_lora7b_graphs_ga2", "dojo_lora_graphs_cap3584", "dojo_lora_graphs_cap3072",
                                  "dojo_lora_graphs_cap2560", "dojo_lora_graphs_cap2048", "dojo_lora_graphs_cap4096",
